@@ -1,0 +1,135 @@
+"""Core sub-commands of ``insid3``: segment, match, make-checkpoint, parity."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from core.errors import InvalidInputError
+from core.specs import DEFAULT_MODEL_SIZE, MODEL_SIZES
+
+if TYPE_CHECKING:
+    from core.engine import Insid3
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose and configure the engine (shared by every model command)."""
+    parser.add_argument("--model-size", default=DEFAULT_MODEL_SIZE, choices=MODEL_SIZES)
+    parser.add_argument("--weights", default=None,
+                        help="official .pth/.safetensors file, or 'hub[:TAG]' (default: pretrain/<official name>)")
+    parser.add_argument("--weights-tag", default="lvd1689m", help="lvd1689m, or sat493m for large/7b")
+    parser.add_argument("--pretrain-dir", type=Path, default=Path("pretrain"))
+    parser.add_argument("--image-size", type=int, default=1024)
+    parser.add_argument("--svd-components", type=int, default=None, help="default: per backbone")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+
+
+def build_engine(args: argparse.Namespace, **overrides: object) -> Insid3:
+    """An engine from the parsed engine arguments."""
+    from core.engine import Insid3
+
+    return Insid3.build(
+        model_size=args.model_size, weights=args.weights, weights_tag=args.weights_tag,
+        pretrain_dir=args.pretrain_dir, image_size=args.image_size, svd_components=args.svd_components,
+        device=args.device, precision=args.precision, **overrides,
+    )
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from core.images import load_image, load_mask
+    from core.visualize import segmentation_overlay
+
+    engine = build_engine(args, tau=args.tau, merge_threshold=args.merge_threshold, crf=args.crf)
+    reference = engine.encode_reference(args.ref_image, args.ref_mask)
+    ref_image = load_image(args.ref_image)
+    ref_mask = load_mask(args.ref_mask)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for target_path, result in zip(args.targets, engine.segment_batch(args.targets, [reference]), strict=True):
+        stem = Path(target_path).stem
+        mask_path = args.out / f"{stem}_mask.png"
+        Image.fromarray(result.mask.astype(np.uint8) * 255).save(mask_path)
+        overlay = segmentation_overlay(ref_image, ref_mask, load_image(target_path), result.mask)
+        overlay.save(args.out / f"{stem}_overlay.png")
+        print(json.dumps({"target": str(target_path), "mask": str(mask_path), "area": result.area,
+                          "bbox": result.bbox, "score": round(result.score, 4)}))
+    return 0
+
+
+def _parse_point(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a point is X,Y (e.g. 120,45), got {text!r}") from None
+    return x, y
+
+
+def _match(args: argparse.Namespace) -> int:
+    from core.images import load_image
+    from core.visualize import match_overlay
+
+    if not args.point:
+        raise InvalidInputError("give at least one --point X,Y")
+    engine = build_engine(args)
+    result = engine.match(args.target, engine.encode_reference(args.ref_image), args.point,
+                          debiased=not args.raw)
+    for (x, y), (tx, ty), confidence in zip(args.point, result.points, result.confidence, strict=True):
+        print(f"{x:g},{y:g} -> {tx:.1f},{ty:.1f} (confidence {confidence:.3f})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    overlay_path = args.out / f"{Path(args.target).stem}_matches.png"
+    match_overlay(load_image(args.ref_image), np.array(args.point), load_image(args.target),
+                  result.points).save(overlay_path)
+    print(f"overlay: {overlay_path}")
+    return 0
+
+
+def _make_checkpoint(args: argparse.Namespace) -> int:
+    from core.checkpoint import make_checkpoint
+
+    path = make_checkpoint(args.model_size, args.out, args.seed)
+    print(f"wrote a random {args.model_size} checkpoint (seed {args.seed}) to {path}")
+    return 0
+
+
+def _parity(args: argparse.Namespace) -> int:
+    from core.parity import main as parity_main
+
+    return parity_main([str(args.directory)])
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the core sub-commands."""
+    segment = subparsers.add_parser("segment", help="segment targets like the masked reference")
+    segment.add_argument("ref_image")
+    segment.add_argument("ref_mask")
+    segment.add_argument("targets", nargs="+")
+    segment.add_argument("--out", type=Path, default=Path("output"))
+    segment.add_argument("--tau", type=float, default=0.6)
+    segment.add_argument("--merge-threshold", type=float, default=0.2)
+    segment.add_argument("--crf", action="store_true", help="refine boundaries (needs the 'crf' extra)")
+    add_engine_arguments(segment)
+    segment.set_defaults(handler=_segment)
+
+    match = subparsers.add_parser("match", help="find reference keypoints in a target")
+    match.add_argument("ref_image")
+    match.add_argument("target")
+    match.add_argument("--point", type=_parse_point, action="append", default=[], metavar="X,Y")
+    match.add_argument("--raw", action="store_true", help="match raw instead of debiased features")
+    match.add_argument("--out", type=Path, default=Path("output"))
+    add_engine_arguments(match)
+    match.set_defaults(handler=_match)
+
+    checkpoint = subparsers.add_parser("make-checkpoint", help="write a random checkpoint in the official layout")
+    checkpoint.add_argument("--model-size", default="small", choices=MODEL_SIZES)
+    checkpoint.add_argument("--out", type=Path, required=True)
+    checkpoint.add_argument("--seed", type=int, default=0)
+    checkpoint.set_defaults(handler=_make_checkpoint)
+
+    parity = subparsers.add_parser("parity", help="check this code against official golden data")
+    parity.add_argument("directory", type=Path)
+    parity.set_defaults(handler=_parity)

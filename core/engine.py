@@ -1,0 +1,359 @@
+"""``Insid3``: the engine that turns images into masks and matches, with no global state.
+
+```
+engine = Insid3.build(model_size="large", image_size=1024, device="cuda")
+ref = engine.encode_reference(image, mask)            # reusable, cached by content hash
+result = engine.segment(target, [ref, ...])            # mask + area, bbox, score
+results = engine.segment_batch(targets, [ref, ...])    # one encoder pass for the batch
+points = engine.match(target, ref_or_image, keypoints)
+```
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core import metrics
+from core.backbone import LoadedBackbone, extract_features, load_backbone
+from core.cache import ReferenceCache, reference_key
+from core.debias import debias, load_or_build_basis, normalize_channels
+from core.errors import ConfigurationError, IncompatibleReferenceError, InvalidInputError
+from core.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageInput,
+    check_mask,
+    load_image,
+    load_mask,
+    mask_to_tensor,
+    pixels_to_tensor,
+    resize_square,
+)
+from core.pipeline import downsample_mask, match_keypoints, segment_grid, upsample_mask
+from core.specs import PATCH_SIZE, get_spec, resolve_svd_components
+from core.types import EncodedImage, MatchResult, ReferenceFeatures, SegmentationResult
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_BASIS_CACHE = Path.home() / ".cache" / "insid3" / "basis"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Algorithm and runtime options of an engine."""
+
+    image_size: int = 1024
+    svd_components: int = 500
+    tau: float = 0.6
+    merge_threshold: float = 0.2
+    resize_to_original: bool = True
+    crf: bool = False
+    encoder_batch_size: int = 1  # images per backbone call (1 on CPU, where batching measured slower)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 autocast on CUDA and fp32 (the reference) on the CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if precision not in PRECISIONS:
+        raise ConfigurationError(f"unknown precision {precision!r}; choose auto, {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def content_bytes(source: ImageInput | None) -> bytes:
+    """The bytes that identify an image or mask input, for content hashing."""
+    if source is None:
+        return b""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source)
+    if isinstance(source, (str, Path)):
+        return Path(source).read_bytes() if Path(source).is_file() else str(source).encode()
+    if isinstance(source, Image.Image):
+        return f"{source.mode}{source.size}".encode() + source.tobytes()
+    if isinstance(source, np.ndarray):
+        return f"{source.dtype}{source.shape}".encode() + np.ascontiguousarray(source).tobytes()
+    raise InvalidInputError(f"unsupported image input type {type(source).__name__}")
+
+
+@dataclass(frozen=True)
+class PreparedReference:
+    """A decoded reference image with its validated mask at image_size (None: matching only)."""
+
+    image: Image.Image
+    mask: torch.Tensor | None
+    mask_area: int
+
+
+class Insid3:
+    """INSID3 on a frozen DINOv3 backbone."""
+
+    def __init__(self, backbone: LoadedBackbone, basis: torch.Tensor, options: EngineOptions,
+                 device: torch.device, dtype: torch.dtype, cache: ReferenceCache) -> None:
+        self.backbone = backbone
+        self.options = options
+        self.device = device
+        self.dtype = dtype
+        self.basis = basis.to(device)
+        self.cache = cache
+        metrics.track_cache(cache)
+
+    @classmethod
+    def build(
+        cls,
+        model_size: str = "large",
+        weights: str | Path | None = None,
+        image_size: int = 1024,
+        svd_components: int | None = None,
+        tau: float = 0.6,
+        merge_threshold: float = 0.2,
+        device: str = "auto",
+        precision: str = "auto",
+        weights_tag: str = "lvd1689m",
+        pretrain_dir: str | Path = "pretrain",
+        basis_cache_dir: str | Path | None = DEFAULT_BASIS_CACHE,
+        cache_bytes: int = 1 << 30,
+        resize_to_original: bool = True,
+        crf: bool = False,
+        encoder_batch_size: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Insid3:
+        """Load the backbone and its positional basis; every invalid setting is a clear error."""
+        spec = get_spec(model_size)
+        components = resolve_svd_components(spec, svd_components)
+        if image_size < PATCH_SIZE or image_size % PATCH_SIZE:
+            raise ConfigurationError(f"image_size must be a positive multiple of {PATCH_SIZE}, got {image_size}")
+        if crf:
+            from core.crf import require_crf
+
+            require_crf()
+        resolved_device = resolve_device(device)
+        dtype = resolve_precision(precision, resolved_device)
+        backbone = load_backbone(spec, None if weights is None else str(weights), weights_tag, Path(pretrain_dir))
+        backbone.model.to(resolved_device)
+        options = EngineOptions(
+            image_size=image_size, svd_components=components, tau=tau, merge_threshold=merge_threshold,
+            resize_to_original=resize_to_original, crf=crf, max_pixels=max_pixels,
+            encoder_batch_size=encoder_batch_size or (8 if resolved_device.type == "cuda" else 1),
+        )
+        engine = cls(backbone, torch.zeros(spec.embed_dim, 0), options, resolved_device, dtype,
+                     ReferenceCache(cache_bytes))
+        engine.basis = load_or_build_basis(
+            Path(basis_cache_dir) if basis_cache_dir else None,
+            f"{backbone.model_id}-{str(dtype).removeprefix('torch.')}",
+            image_size, components, engine.encode_tensor,
+        ).to(resolved_device)
+        return engine
+
+    # ------------------------------------------------------------------------------- identity
+
+    @property
+    def model_id(self) -> str:
+        """Identifies the weights: references from another model are refused."""
+        return self.backbone.model_id
+
+    @property
+    def image_size(self) -> int:
+        return self.options.image_size
+
+    # ------------------------------------------------------------------------------- encoding
+
+    @torch.inference_mode()
+    def encode_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features of preprocessed (B, 3, S, S) images, L2-normalised, float32, on device."""
+        start = time.perf_counter()
+        images = images.to(self.device, non_blocking=True)
+        if self.dtype == torch.float32:
+            features = extract_features(self.backbone.model, images)
+        else:
+            with torch.autocast(device_type=self.device.type, dtype=self.dtype):
+                features = extract_features(self.backbone.model, images)
+        features = normalize_channels(features.float())
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        metrics.ENCODER_SECONDS.observe(time.perf_counter() - start)
+        metrics.BATCH_SIZE.observe(images.shape[0])
+        metrics.update_gpu_memory(self.device)
+        return features
+
+    def encode_images(self, images: Sequence[ImageInput]) -> list[EncodedImage]:
+        """Decode and encode images, ``encoder_batch_size`` per backbone call."""
+        decoded = [load_image(image, self.options.max_pixels) for image in images]
+        return self.encode_decoded(decoded)
+
+    def encode_decoded(self, images: Sequence[Image.Image]) -> list[EncodedImage]:
+        """Encode already-decoded RGB images."""
+        encoded: list[EncodedImage] = []
+        step = self.options.encoder_batch_size
+        for first in range(0, len(images), step):
+            chunk = images[first:first + step]
+            pixels = [resize_square(image, self.image_size) for image in chunk]
+            features = self.encode_tensor(torch.stack([pixels_to_tensor(p) for p in pixels]))
+            debiased = debias(features, self.basis)
+            encoded += [
+                EncodedImage(features[i], debiased[i], (image.height, image.width),
+                             pixels[i] if self.options.crf else None)
+                for i, image in enumerate(chunk)
+            ]
+        return encoded
+
+    def reference_key(self, image: ImageInput, mask: ImageInput | None) -> str:
+        """The content hash that identifies the reference (image, mask) under this model."""
+        return reference_key(content_bytes(image), content_bytes(mask) if mask is not None else None,
+                             self.model_id, self.image_size)
+
+    def encode_reference(self, image: ImageInput, mask: ImageInput | None = None) -> ReferenceFeatures:
+        """Reference features of ``image`` under ``mask`` (None: matching only), from the cache if seen."""
+        return self.encode_references([(image, mask)])[0]
+
+    def encode_references(self, pairs: Sequence[tuple[ImageInput, ImageInput | None]]) -> list[ReferenceFeatures]:
+        """Reference features of several (image, mask) pairs; uncached ones share encoder passes."""
+        keys = [self.reference_key(image, mask) for image, mask in pairs]
+        found: dict[str, ReferenceFeatures] = {}
+        missing: dict[str, tuple[ImageInput, ImageInput | None]] = {}
+        for key, pair in zip(keys, pairs, strict=True):
+            cached = found.get(key) or (None if key in missing else self.cache.get(key))
+            if cached is not None:
+                found[key] = cached
+            else:
+                missing[key] = pair
+        if missing:
+            prepared = [self.prepare_reference(image, mask) for image, mask in missing.values()]
+            encoded = self.encode_decoded([p.image for p in prepared])
+            for key, item, features in zip(missing, prepared, encoded, strict=True):
+                found[key] = self.finish_reference(key, item, features)
+        return [found[key] for key in keys]
+
+    def prepare_reference(self, image: ImageInput, mask: ImageInput | None) -> PreparedReference:
+        """Decode and validate a reference (empty or mis-shaped masks are rejected) before encoding."""
+        decoded = load_image(image, self.options.max_pixels)
+        if mask is None:
+            return PreparedReference(decoded, None, 0)
+        mask_array = load_mask(mask, self.options.max_pixels)
+        check_mask(mask_array, (decoded.height, decoded.width))
+        return PreparedReference(decoded, mask_to_tensor(mask_array, self.image_size), int(mask_array.sum()))
+
+    def finish_reference(self, key: str, prepared: PreparedReference, encoded: EncodedImage) -> ReferenceFeatures:
+        """The reference features of a prepared, encoded reference, stored in the cache."""
+        h, w = encoded.grid
+        grid_mask = None if prepared.mask is None else downsample_mask(prepared.mask.to(self.device), h, w)
+        reference = ReferenceFeatures(
+            key=key, model_id=self.model_id, image_size=self.image_size,
+            original_size=encoded.original_size, features=encoded.features, debiased=encoded.debiased,
+            mask=grid_mask, mask_area=prepared.mask_area,
+        )
+        self.cache.put(reference)
+        return reference
+
+    def check_reference(self, reference: ReferenceFeatures) -> ReferenceFeatures:
+        """``reference`` on this engine's device, or an error if another model or size made it."""
+        if reference.model_id != self.model_id or reference.image_size != self.image_size:
+            raise IncompatibleReferenceError(
+                f"reference {reference.key} was encoded by {reference.model_id} at image size "
+                f"{reference.image_size}; this engine is {self.model_id} at {self.image_size}"
+            )
+        if reference.features.device == self.device:
+            return reference
+        return ReferenceFeatures(
+            key=reference.key, model_id=reference.model_id, image_size=reference.image_size,
+            original_size=reference.original_size, features=reference.features.to(self.device),
+            debiased=reference.debiased.to(self.device),
+            mask=None if reference.mask is None else reference.mask.to(self.device),
+            mask_area=reference.mask_area,
+        )
+
+    # --------------------------------------------------------------------------- segmentation
+
+    def segment(self, target: ImageInput, references: Sequence[ReferenceFeatures],
+                tau: float | None = None, merge_threshold: float | None = None) -> SegmentationResult:
+        """Segment in ``target`` what the references' masks show (k-shot with k references)."""
+        return self.segment_batch([target], references, tau, merge_threshold)[0]
+
+    def segment_batch(self, targets: Sequence[ImageInput], references: Sequence[ReferenceFeatures],
+                      tau: float | None = None, merge_threshold: float | None = None) -> list[SegmentationResult]:
+        """Segment several targets with the same references; the targets share encoder passes."""
+        references = [self.check_reference(r) for r in self._require_references(references)]
+        start = time.perf_counter()
+        encoded = self.encode_images(targets)
+        encode_ms = (time.perf_counter() - start) * 1000.0 / max(len(encoded), 1)
+        results = []
+        for item in encoded:
+            result = self.segment_encoded(item, references, tau, merge_threshold)
+            result.timings["encode_ms"] = encode_ms
+            results.append(result)
+        return results
+
+    def segment_encoded(self, target: EncodedImage, references: Sequence[ReferenceFeatures],
+                        tau: float | None = None, merge_threshold: float | None = None) -> SegmentationResult:
+        """The pipeline on an already-encoded target."""
+        references = [self.check_reference(r) for r in self._require_references(references)]
+        start = time.perf_counter()
+        trace = segment_grid(
+            target.features, target.debiased, [r.debiased for r in references],
+            [r.require_mask() for r in references],
+            self.options.tau if tau is None else tau,
+            self.options.merge_threshold if merge_threshold is None else merge_threshold,
+        )
+        if trace.aggregation is not None:
+            metrics.CLUSTERING_SECONDS.observe(trace.clustering_ms / 1000.0)
+        mask = upsample_mask(trace.mask, self.image_size, self.image_size)
+        if self.options.crf:
+            from core.crf import refine_mask
+
+            mask = refine_mask(target.pixels, mask)
+        if self.options.resize_to_original and target.original_size != (self.image_size, self.image_size):
+            mask = upsample_mask(mask, *target.original_size)
+        kept = trace.mask
+        score = float(trace.similarity[kept].mean()) if kept.any() else 0.0
+        timings = {
+            "pipeline_ms": (time.perf_counter() - start) * 1000.0,
+            "clustering_ms": trace.clustering_ms,
+        }
+        return SegmentationResult(mask.cpu().numpy(), score, timings, kept.cpu().numpy())
+
+    @staticmethod
+    def _require_references(references: Sequence[ReferenceFeatures]) -> Sequence[ReferenceFeatures]:
+        if not references:
+            raise InvalidInputError("at least one reference is needed")
+        return references
+
+    # ------------------------------------------------------------------------------- matching
+
+    def match(self, target: ImageInput, reference: ReferenceFeatures | ImageInput,
+              keypoints: Sequence[Sequence[float]] | np.ndarray, debiased: bool = True) -> MatchResult:
+        """Target points matching ``keypoints`` ((x, y) in reference pixels)."""
+        if not isinstance(reference, ReferenceFeatures):
+            reference = self.encode_reference(reference)
+        return self.match_encoded(self.encode_images([target])[0], reference, keypoints, debiased)
+
+    def match_encoded(self, target: EncodedImage, reference: ReferenceFeatures,
+                      keypoints: Sequence[Sequence[float]] | np.ndarray, debiased: bool = True) -> MatchResult:
+        """Matching on an already-encoded target."""
+        reference = self.check_reference(reference)
+        points = np.asarray(keypoints, dtype=np.float32)
+        if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] == 0 or not np.isfinite(points).all():
+            raise InvalidInputError("keypoints must be a non-empty list of finite [x, y] pairs")
+        start = time.perf_counter()
+        ref_map, target_map = ((reference.debiased, target.debiased) if debiased
+                               else (reference.features, target.features))
+        matched, _, confidence = match_keypoints(
+            ref_map, target_map, torch.from_numpy(points).to(self.device),
+            reference.original_size, target.original_size,
+        )
+        timings = {"pipeline_ms": (time.perf_counter() - start) * 1000.0}
+        return MatchResult(matched.cpu().numpy(), confidence.clamp(-1, 1).cpu().numpy(), timings)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh Debian machine: system packages, .venv, the project.
+#   scripts/setup.sh          what the service needs (redis-server for --redis-url)
+#   scripts/setup.sh --dev    plus what the test suite needs (chromium, prometheus, dev extras)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=false
+[[ "${1:-}" == "--dev" ]] && dev=true
+
+packages=(redis-server)
+$dev && packages+=(chromium chromium-driver prometheus)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  sudo_cmd=""; [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+extras="crf"
+$dev && extras="crf,dev"
+.venv/bin/pip install -q -e ".[$extras]"
