@@ -7,17 +7,17 @@ Reproduces the partition of the official INSID3 step::
                             distance_threshold=1 - tau).fit_predict(D)
 
 sklearn reads the upper triangle of the float32 ``D`` and scipy merges in float64; the clusters are
-the components of the merges whose height is ``< 1 - tau``.  Average linkage is reducible, so every
-pair of mutual nearest neighbours below the threshold can be merged in the same round (parallel
-reciprocal-nearest-neighbour merging) and gives the same dendrogram as scipy's nearest-neighbour
-chain; only exact ties may be resolved differently.  Distances are Lance-Williams updated in
-float64, like scipy, and a cluster whose nearest neighbour is at ``>= 1 - tau`` is final and leaves
-the matrix.
+the components of the merges whose height is ``< 1 - tau``.  Average linkage is reducible, so all
+pairs of mutual nearest neighbours below the threshold can be merged in the same round (parallel
+reciprocal-nearest-neighbour merging): this builds the same dendrogram as scipy's nearest-neighbour
+chain, up to the resolution of exact ties.  Distances are Lance-Williams updated in float64 like
+scipy's, and a cluster whose nearest neighbour is at ``>= 1 - tau`` is final and leaves the game.
 
-Memory layout: distances between two singletons are read from the float32 matrix (in place in the
-Gram matrix's storage, no float64 copy of it); each merged cluster owns a float64 row of distances to
-every slot.  Both are compacted when half of the slots are gone.  All work is torch ops on the
-features' device.
+Storage: distances between two singletons stay in the float32 matrix (built in place in the Gram
+matrix's storage); a merged cluster owns one float64 row of distances to every singleton and every
+merged cluster.  Clusters have ids: ``id < L`` is a singleton (a row of the float32 matrix),
+``id = L + r`` the merged cluster of float64 row ``r``.  Both matrices are compacted when half of
+the ids are gone.  Everything is torch ops on the features' device.
 """
 
 from __future__ import annotations
@@ -77,144 +77,151 @@ def _labels(parent: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _State:
-    """Clusters still below the threshold, addressed by slot (columns of both matrices)."""
+    """Clusters that may still merge below the threshold; see the module docstring for ids."""
 
     threshold: float
-    single: torch.Tensor  # (L, L) float32: distances between singleton slots
-    rows: torch.Tensor  # (R, L) float64: distance rows of merged clusters
-    row_of: torch.Tensor  # (L,) int64: slot -> row in `rows`, -1 for a singleton
-    free_rows: torch.Tensor  # rows of `rows` that can be reused
-    next_row: int  # first never used row of `rows`
-    size: torch.Tensor  # (L,) float64 cluster sizes
-    active: torch.Tensor  # (L,) bool: cluster may still merge below the threshold
-    nn: torch.Tensor  # (L,) int64 nearest active slot
-    nnd: torch.Tensor  # (L,) float64 distance to it
-    origin: torch.Tensor  # (L,) int64: slot -> original patch index
+    single: torch.Tensor  # (L, L) float32 distances between singletons, inf diagonal
+    rows: torch.Tensor  # (R, L + R) float64 distance rows of merged clusters
+    used_rows: int  # rows[:used_rows] have been written at least once
+    free_rows: torch.Tensor  # written rows whose cluster is gone
+    size: torch.Tensor  # (L + R,) float64 cluster sizes
+    active: torch.Tensor  # (L + R,) bool: the id is a live cluster with a neighbour below threshold
+    nn: torch.Tensor  # (L + R,) int64 id of the nearest active cluster
+    nnd: torch.Tensor  # (L + R,) float64 distance to it
+    origin: torch.Tensor  # (L + R,) int64 original patch representing the cluster
     parent: torch.Tensor  # (N,) int64 merge forest over original patches
 
     @classmethod
     def start(cls, dist: torch.Tensor, threshold: float) -> _State:
         n, device = dist.shape[0], dist.device
+        n_rows = n // 2
         nnd, nn = dist.min(dim=1)
         slots = torch.arange(n, device=device)
+        pad = torch.zeros(n_rows, dtype=torch.int64, device=device)
         state = cls(
             threshold=threshold,
             single=dist,
-            rows=torch.empty(n // 2, n, dtype=torch.float64, device=device),
-            row_of=torch.full((n,), -1, dtype=torch.int64, device=device),
+            rows=torch.empty(n_rows, n + n_rows, dtype=torch.float64, device=device),
+            used_rows=0,
             free_rows=slots[:0],
-            next_row=0,
-            size=torch.ones(n, dtype=torch.float64, device=device),
-            active=nnd < threshold,
-            nn=nn,
-            nnd=nnd.double(),
-            origin=slots,
+            size=torch.ones(n + n_rows, dtype=torch.float64, device=device),
+            active=torch.cat([nnd < threshold, pad.bool()]),
+            nn=torch.cat([nn, pad]),
+            nnd=torch.cat([nnd.double(), pad.double() + _INF]),
+            origin=torch.cat([slots, pad]),
             parent=slots.clone(),
         )
         return state
 
+    @property
+    def n_single(self) -> int:
+        return self.single.shape[0]
+
     def merge_round(self) -> bool:
         """Merge every mutual-nearest pair below the threshold; False once nothing is left to merge."""
-        slots = torch.arange(self.nn.shape[0], device=self.nn.device)
-        mutual = self.active & (self.nn[self.nn] == slots) & (slots < self.nn)
-        keep, drop = slots[mutual], self.nn[mutual]
-        if keep.numel() == 0:
+        ids = torch.arange(self.nn.shape[0], device=self.nn.device)
+        mutual = self.active & (self.nn[self.nn] == ids) & (ids < self.nn)
+        first, second = ids[mutual], self.nn[mutual]
+        if first.numel() == 0:
             return False
-        merged = self._merged_rows(keep, drop)
-        self._store(keep, drop, merged)
-        self._refresh_neighbours(keep, drop, merged)
+        merged, new_ids = self._merge(first, second)
+        self._refresh_neighbours(first, second, merged, new_ids)
         self.active &= self.nnd < self.threshold
-        if self.active.sum() * 2 <= self.nn.shape[0] and self.nn.shape[0] > _MIN_COMPACT:
+        live = int(self.active.sum())
+        if live * 2 <= self.n_single + self.used_rows and self.n_single + self.used_rows > _MIN_COMPACT:
             self._compact()
         return True
 
-    def _penalty(self) -> torch.Tensor:
-        """0 for active slots, inf elsewhere (float64)."""
-        zero = torch.zeros((), dtype=torch.float64, device=self.active.device)
-        return torch.where(self.active, zero, _INF)
-
-    def _distance_rows(self, slots: torch.Tensor) -> torch.Tensor:
-        """Float64 distances from the clusters at `slots` to every slot (stale where inactive)."""
-        row = self.row_of[slots]
-        is_merged = row >= 0
-        out = self.single[slots].double()
-        if bool(is_merged.any()):
-            out[is_merged] = self.rows[row[is_merged]]
-        merged_slots = (self.active & (self.row_of >= 0)).nonzero().squeeze(1)
-        if merged_slots.numel():
-            out[:, merged_slots] = self.rows[self.row_of[merged_slots]][:, slots].T
+    def _distance_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Float64 distances from clusters `ids` to every id (garbage where the id is not active)."""
+        n_single, used = self.n_single, self.used_rows
+        out = torch.empty(ids.numel(), self.nn.shape[0], dtype=torch.float64, device=ids.device)
+        is_single = ids < n_single
+        pos = is_single.nonzero().squeeze(1)
+        if pos.numel():
+            singles = ids[pos]
+            block = torch.empty(pos.numel(), n_single + used, dtype=torch.float64, device=ids.device)
+            block[:, :n_single] = self.single.index_select(0, singles)
+            block[:, n_single:] = self.rows[:used].index_select(1, singles).T
+            out[:, : n_single + used].index_copy_(0, pos, block)
+        pos = (~is_single).nonzero().squeeze(1)
+        if pos.numel():
+            out.index_copy_(0, pos, self.rows.index_select(0, ids[pos] - n_single))
         return out
 
-    def _merged_rows(self, keep: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        """Lance-Williams rows of the new clusters ``keep ∪ drop`` (merged in the order of `keep`)."""
-        n_keep, n_drop = self.size[keep], self.size[drop]
-        total = n_keep + n_drop
-        merged = n_keep[:, None] * self._distance_rows(keep) + n_drop[:, None] * self._distance_rows(drop)
+    def _merge(self, first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lance-Williams rows of the clusters ``first ∪ second``, stored; returns (rows, new ids)."""
+        n_single = self.n_single
+        n_first, n_second = self.size[first], self.size[second]
+        total = n_first + n_second
+        merged = n_first[:, None] * self._distance_rows(first)
+        merged += n_second[:, None] * self._distance_rows(second)
         merged /= total[:, None]
-        # Distances between two new clusters: the one merged first (smaller slot) is updated second.
-        pair = (merged[:, keep] * n_keep + merged[:, drop] * n_drop) / total
+        # Between two new clusters, the one listed first is merged first (row, then column update).
+        pair = (merged[:, first] * n_first + merged[:, second] * n_second) / total
         pair = torch.triu(pair, 1)
         pair = pair + pair.T
         pair.diagonal().fill_(_INF)
-        merged[:, keep] = pair
-        self.active[drop] = False
-        merged += self._penalty()
-        self.size[keep] = total
-        return merged
 
-    def _store(self, keep: torch.Tensor, drop: torch.Tensor, merged: torch.Tensor) -> None:
-        """Write the new rows and the matching columns of the other merged clusters."""
-        row_keep, row_drop = self.row_of[keep], self.row_of[drop]
-        target = torch.where(row_keep >= 0, row_keep, row_drop)
-        fresh = target < 0
+        row = torch.where(first >= n_single, first, torch.where(second >= n_single, second, -1)) - n_single
+        fresh = row < 0
         n_fresh = int(fresh.sum())
-        freed = row_drop[(row_keep >= 0) & (row_drop >= 0)]
         reuse = self.free_rows[:n_fresh]
-        new = torch.arange(self.next_row, self.next_row + n_fresh - reuse.numel(), device=keep.device)
-        self.next_row += new.numel()
-        target[fresh] = torch.cat([reuse, new])
-        self.free_rows = torch.cat([self.free_rows[n_fresh:], freed])
-        self.rows[target] = merged
-        self.row_of[drop] = -1
-        self.row_of[keep] = target
-        others = (self.active & (self.row_of >= 0)).nonzero().squeeze(1)
-        is_new = torch.zeros_like(self.active)
-        is_new[keep] = True
-        others = others[~is_new[others]]
-        if others.numel():
-            self.rows[self.row_of[others][:, None], keep[None, :]] = merged[:, others].T
-        self.parent[self.origin[drop]] = self.origin[keep]
+        extra = torch.arange(self.used_rows, self.used_rows + n_fresh - reuse.numel(), device=row.device)
+        row[fresh] = torch.cat([reuse, extra])
+        self.free_rows = torch.cat([self.free_rows[n_fresh:], second[first >= n_single] - n_single])
+        self.used_rows += extra.numel()
+        new_ids = row + n_single
 
-    def _refresh_neighbours(self, keep: torch.Tensor, drop: torch.Tensor, merged: torch.Tensor) -> None:
+        merged[:, new_ids] = pair
+        self.parent[self.origin[second]] = self.origin[first]
+        self.origin[new_ids] = self.origin[first]
+        self.size[new_ids] = total
+        self.active[first] = False
+        self.active[second] = False
+        self.active[new_ids] = True
+        merged.masked_fill_(~self.active, _INF)
+        used = self.used_rows
+        self.rows[row] = merged
+        self.rows[:used].index_copy_(1, new_ids, merged[:, n_single : n_single + used].T)
+        return merged, new_ids
+
+    def _refresh_neighbours(
+        self, first: torch.Tensor, second: torch.Tensor, merged: torch.Tensor, new_ids: torch.Tensor
+    ) -> None:
         """New clusters take their row minimum; rows that pointed at a merged cluster are recomputed."""
-        self.nnd[keep], self.nn[keep] = merged.min(dim=1)
         touched = torch.zeros_like(self.active)
-        touched[keep] = True
-        touched[drop] = True
+        touched[first] = True
+        touched[second] = True
         stale = self.active & touched[self.nn]
-        stale[keep] = False
-        stale_slots = stale.nonzero().squeeze(1)
-        if stale_slots.numel():
-            rows = self._distance_rows(stale_slots) + self._penalty()
-            self.nnd[stale_slots], self.nn[stale_slots] = rows.min(dim=1)
+        stale[new_ids] = False
+        self.nnd[new_ids], self.nn[new_ids] = merged.min(dim=1)
+        stale_ids = stale.nonzero().squeeze(1)
+        if stale_ids.numel():
+            rows = self._distance_rows(stale_ids).masked_fill_(~self.active, _INF)
+            self.nnd[stale_ids], self.nn[stale_ids] = rows.min(dim=1)
 
     def _compact(self) -> None:
-        """Drop inactive slots from both matrices."""
-        keep = self.active.nonzero().squeeze(1)
-        new_slot = torch.full_like(self.nn, -1)
-        new_slot[keep] = torch.arange(keep.numel(), device=keep.device)
-        row = self.row_of[keep]
-        is_merged = row >= 0
-        n_merged = int(is_merged.sum())
-        capacity = n_merged + (keep.numel() - n_merged) // 2 + 1
-        rows = torch.empty(capacity, keep.numel(), dtype=torch.float64, device=keep.device)
-        rows[:n_merged] = self.rows[row[is_merged]][:, keep]
-        self.rows = rows
-        self.row_of = torch.full_like(keep, -1)
-        self.row_of[is_merged] = torch.arange(n_merged, device=keep.device)
-        self.free_rows = keep[:0]
-        self.next_row = n_merged
-        self.single = self.single[keep][:, keep]
-        self.size, self.nnd, self.origin = self.size[keep], self.nnd[keep], self.origin[keep]
-        self.nn = new_slot[self.nn[keep]]
-        self.active = self.active[keep]
+        """Keep only the active ids: singletons first, then merged clusters, in both matrices."""
+        n_single = self.n_single
+        live = self.active.nonzero().squeeze(1)
+        singles = live[live < n_single]
+        merged = live[live >= n_single] - n_single
+        n_s, n_m = singles.numel(), merged.numel()
+        n_rows = n_m + n_s // 2
+        new_id = torch.full_like(self.nn, -1)
+        new_id[singles] = torch.arange(n_s, device=live.device)
+        new_id[merged + n_single] = torch.arange(n_s, n_s + n_m, device=live.device)
+        rows = torch.empty(n_rows, n_s + n_rows, dtype=torch.float64, device=live.device)
+        kept = self.rows.index_select(0, merged)
+        rows[:n_m, :n_s] = kept.index_select(1, singles)
+        rows[:n_m, n_s : n_s + n_m] = kept.index_select(1, merged + n_single)
+        self.rows, self.used_rows, self.free_rows = rows, n_m, merged[:0]
+        self.single = self.single.index_select(0, singles).index_select(1, singles)
+        order = torch.cat([singles, merged + n_single])
+        pad = n_rows - n_m
+        self.size = torch.cat([self.size[order], self.size.new_ones(pad)])
+        self.nnd = torch.cat([self.nnd[order], self.nnd.new_full((pad,), _INF)])
+        self.nn = torch.cat([new_id[self.nn[order]], self.nn.new_zeros(pad)])
+        self.origin = torch.cat([self.origin[order], self.origin.new_zeros(pad)])
+        self.active = torch.cat([self.active[order], self.active.new_zeros(pad)])

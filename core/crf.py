@@ -51,7 +51,8 @@ def refine_mask(pixels: np.ndarray, mask: torch.Tensor) -> torch.Tensor:
     crf = dcrf.DenseCRF2D(width, height, 2)
     crf.setUnaryEnergy(unary_from_softmax(np.stack([1.0 - foreground, foreground])))
     crf.addPairwiseGaussian(sxy=4.0 * scale, compat=3.0)
-    crf.addPairwiseBilateral(sxy=12.0 * scale, srgb=0.03 * 255.0, rgbim=np.ascontiguousarray(pixels), compat=20.0)
+    rgb = np.array(pixels, dtype=np.uint8, order="C")  # pydensecrf needs a writable buffer
+    crf.addPairwiseBilateral(sxy=12.0 * scale, srgb=0.03 * 255.0, rgbim=rgb, compat=20.0)
     refined = np.argmax(np.asarray(crf.inference(ITERATIONS)), axis=0).reshape(height, width).astype(bool)
 
     result = mask.cpu().clone()

@@ -107,14 +107,11 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
 
 
 def load_mask(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode a mask to a boolean HxW array: any non-zero value (in any channel) is foreground."""
+    """Decode a mask to a boolean HxW array: any non-zero value (any channel, palette index) is foreground."""
     if isinstance(source, np.ndarray) and source.ndim in (2, 3):
         array = source
     else:
-        image = _open(source, "mask", max_pixels)
-        if image.mode == "P":
-            image = image.convert("L") if "transparency" not in image.info else image.convert("RGBA")
-        array = np.asarray(image)
+        array = np.asarray(_open(source, "mask", max_pixels))  # palette masks: the index (as official)
     if array.ndim == 3:
         array = array.any(axis=2)
     return np.asarray(array != 0)
