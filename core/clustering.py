@@ -132,37 +132,28 @@ class _State:
             self._compact()
         return True
 
-    def _distance_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Float64 distances from clusters `ids` to every id (garbage where the id is not active)."""
-        n_single, used = self.n_single, self.used_rows
-        out = torch.empty(ids.numel(), self.nn.shape[0], dtype=torch.float64, device=ids.device)
+    def _distance_rows(self, ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Write into `out` (k, W) the float64 distances from clusters `ids` to the ids ``< W``.
+
+        Entries of ids that are not active are garbage.
+        """
+        n_single, width = self.n_single, out.shape[1]
         is_single = ids < n_single
         pos = is_single.nonzero().squeeze(1)
         if pos.numel():
             singles = ids[pos]
-            block = torch.empty(pos.numel(), n_single + used, dtype=torch.float64, device=ids.device)
+            block = torch.empty(pos.numel(), width, dtype=torch.float64, device=ids.device)
             block[:, :n_single] = self.single.index_select(0, singles)
-            block[:, n_single:] = self.rows[:used].index_select(1, singles).T
-            out[:, : n_single + used].index_copy_(0, pos, block)
+            block[:, n_single:] = self.rows[: width - n_single].index_select(1, singles).T
+            out.index_copy_(0, pos, block)
         pos = (~is_single).nonzero().squeeze(1)
         if pos.numel():
-            out.index_copy_(0, pos, self.rows.index_select(0, ids[pos] - n_single))
+            out.index_copy_(0, pos, self.rows[:, :width].index_select(0, ids[pos] - n_single))
         return out
 
     def _merge(self, first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Lance-Williams rows of the clusters ``first ∪ second``, stored; returns (rows, new ids)."""
-        n_single = self.n_single
-        n_first, n_second = self.size[first], self.size[second]
-        total = n_first + n_second
-        merged = n_first[:, None] * self._distance_rows(first)
-        merged += n_second[:, None] * self._distance_rows(second)
-        merged /= total[:, None]
-        # Between two new clusters, the one listed first is merged first (row, then column update).
-        pair = (merged[:, first] * n_first + merged[:, second] * n_second) / total
-        pair = torch.triu(pair, 1)
-        pair = pair + pair.T
-        pair.diagonal().fill_(_INF)
-
+        n_single, width = self.n_single, self.n_single + self.used_rows
         row = torch.where(first >= n_single, first, torch.where(second >= n_single, second, -1)) - n_single
         fresh = row < 0
         n_fresh = int(fresh.sum())
@@ -173,17 +164,28 @@ class _State:
         self.used_rows += extra.numel()
         new_ids = row + n_single
 
+        n_first, n_second = self.size[first], self.size[second]
+        total = n_first + n_second
+        merged = torch.empty(first.numel(), n_single + self.used_rows, dtype=torch.float64, device=row.device)
+        old = self._distance_rows(first, merged[:, :width]).mul_(n_first[:, None])
+        old += self._distance_rows(second, torch.empty_like(old)).mul_(n_second[:, None])
+        old /= total[:, None]
+        # Between two new clusters, the one listed first is merged first (row, then column update).
+        pair = (old[:, first] * n_first + old[:, second] * n_second) / total
+        pair = torch.triu(pair, 1)
+        pair = pair + pair.T
+        pair.diagonal().fill_(_INF)
         merged[:, new_ids] = pair
+
         self.parent[self.origin[second]] = self.origin[first]
         self.origin[new_ids] = self.origin[first]
         self.size[new_ids] = total
         self.active[first] = False
         self.active[second] = False
         self.active[new_ids] = True
-        merged.masked_fill_(~self.active, _INF)
-        used = self.used_rows
-        self.rows[row] = merged
-        self.rows[:used].index_copy_(1, new_ids, merged[:, n_single : n_single + used].T)
+        merged.masked_fill_(~self.active[: merged.shape[1]], _INF)
+        self.rows[row, : merged.shape[1]] = merged
+        self.rows[: self.used_rows].index_copy_(1, new_ids, merged[:, n_single:].T)
         return merged, new_ids
 
     def _refresh_neighbours(
@@ -198,7 +200,9 @@ class _State:
         self.nnd[new_ids], self.nn[new_ids] = merged.min(dim=1)
         stale_ids = stale.nonzero().squeeze(1)
         if stale_ids.numel():
-            rows = self._distance_rows(stale_ids).masked_fill_(~self.active, _INF)
+            width = merged.shape[1]
+            rows = torch.empty(stale_ids.numel(), width, dtype=torch.float64, device=merged.device)
+            self._distance_rows(stale_ids, rows).masked_fill_(~self.active[:width], _INF)
             self.nnd[stale_ids], self.nn[stale_ids] = rows.min(dim=1)
 
     def _compact(self) -> None:

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from core.clustering import cluster_patches
 
 SOFTMAX_TEMPERATURE = 0.04
@@ -154,8 +155,12 @@ class SegmentationTrace:
 
 def segment_grid(target_features: torch.Tensor, target_debiased: torch.Tensor,
                  refs_debiased: Sequence[torch.Tensor], ref_masks: Sequence[torch.Tensor],
-                 tau: float, merge_threshold: float) -> SegmentationTrace:
-    """Stages 2-6: the grid-resolution prediction for one target and any number of shots."""
+                 tau: float, merge_threshold: float,
+                 cluster: Callable[[torch.Tensor, float], torch.Tensor] = cluster_patches) -> SegmentationTrace:
+    """Stages 2-6: the grid-resolution prediction for one target and any number of shots.
+
+    ``cluster`` maps (N, C) normalised features and tau to labels (the benchmark passes sklearn's).
+    """
     prototype = reference_prototype(refs_debiased, ref_masks)
     similarity, forward = forward_candidates(target_debiased, prototype)
     votes = backward_votes(target_debiased, refs_debiased, ref_masks)
@@ -164,7 +169,7 @@ def segment_grid(target_features: torch.Tensor, target_debiased: torch.Tensor,
         return SegmentationTrace(prototype, similarity, forward, votes, candidates, None, candidates)
     channels, h, w = target_features.shape
     start = time.perf_counter()
-    labels = cluster_patches(target_features.reshape(channels, -1).T.contiguous(), tau).reshape(h, w)
+    labels = cluster(target_features.reshape(channels, -1).T.contiguous(), tau).reshape(h, w)
     clustering_ms = (time.perf_counter() - start) * 1000.0
     aggregation = aggregate_clusters(labels, candidates, similarity, prototype, target_features,
                                      target_debiased, merge_threshold)
