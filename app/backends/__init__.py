@@ -1,0 +1,1 @@
+"""Implementations of ``app.backend.InferenceBackend`` that live in this package."""

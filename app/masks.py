@@ -1,0 +1,104 @@
+"""Mask encodings returned by the API: COCO RLE, polygons, PNG, overlays, instances."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as coco_mask
+from scipy import ndimage
+
+OVERLAY_COLOUR = np.array([0, 170, 255], dtype=np.float32)
+OVERLAY_ALPHA = 0.5
+
+# Moving along pixel edges on the corner lattice, with the region on the right-hand side.
+# direction -> (dx, dy), and the (row, col) offsets of the cells right and left of the next edge.
+_STEP = {0: (1, 0), 1: (0, 1), 2: (-1, 0), 3: (0, -1)}  # east, south, west, north (y down)
+_RIGHT_CELL = {0: (0, 0), 1: (0, -1), 2: (-1, -1), 3: (-1, 0)}
+_LEFT_CELL = {0: (-1, 0), 1: (0, 0), 2: (0, -1), 3: (-1, -1)}
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, object]:
+    """COCO compressed RLE ``{"size": [h, w], "counts": str}``, decodable by pycocotools."""
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def bbox_of(mask: np.ndarray) -> list[int] | None:
+    """[x, y, width, height] of the foreground, None when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+
+
+def _trace_outline(component: np.ndarray) -> list[float]:
+    """Outer boundary of one 4-connected component along pixel edges, as COCO [x1, y1, ...]."""
+    padded = np.pad(component, 1)
+    rows, cols = np.nonzero(padded)
+    start_row, start_col = int(rows[0]), int(cols[0])  # top-most, then left-most pixel
+    x, y, direction = start_col, start_row, 0  # its top edge, walking east
+    points: list[float] = []
+    while True:
+        for turn in (1, 0, 3, 2):  # right, straight, left, back
+            candidate = (direction + turn) % 4
+            right_r, right_c = _RIGHT_CELL[candidate]
+            left_r, left_c = _LEFT_CELL[candidate]
+            if padded[y + right_r, x + right_c] and not padded[y + left_r, x + left_c]:
+                break
+        if candidate != direction or not points:
+            points.extend((float(x - 1), float(y - 1)))
+        direction = candidate
+        dx, dy = _STEP[direction]
+        x, y = x + dx, y + dy
+        if (x, y) == (start_col, start_row):
+            return points
+
+
+def mask_polygons(mask: np.ndarray) -> list[list[float]]:
+    """One polygon per 4-connected component (its outer boundary, corners in pixel coordinates;
+    holes are not represented: use RLE for exact masks)."""
+    labels, _ = ndimage.label(mask)
+    polygons = []
+    for index, window in enumerate(ndimage.find_objects(labels), start=1):
+        if window is None:
+            continue
+        component = labels[window] == index
+        outline = _trace_outline(component)
+        dy, dx = window[0].start, window[1].start
+        polygons.append([value + (dx if i % 2 == 0 else dy) for i, value in enumerate(outline)])
+    return polygons
+
+
+def split_instances(mask: np.ndarray) -> list[np.ndarray]:
+    """The 8-connected components of ``mask``, largest first."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return []
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    return [labels == index + 1 for index in np.argsort(-areas, kind="stable")]
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """The mask as an 8-bit grayscale PNG (0 background, 255 foreground)."""
+    return _png(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))
+
+
+def overlay_png(image: Image.Image, mask: np.ndarray) -> bytes:
+    """The target with the mask tinted and outlined, as a PNG."""
+    if image.size != (mask.shape[1], mask.shape[0]):
+        image = image.resize((mask.shape[1], mask.shape[0]), Image.BILINEAR)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    tinted = pixels.copy()
+    tinted[mask] = (1 - OVERLAY_ALPHA) * pixels[mask] + OVERLAY_ALPHA * OVERLAY_COLOUR
+    outline = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(mask.shape) // 256))
+    tinted[outline] = OVERLAY_COLOUR
+    return _png(Image.fromarray(tinted.astype(np.uint8), mode="RGB"))

@@ -1,0 +1,75 @@
+"""``/references``: encode, store, inspect and forget reference features."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
+
+from app.backend import ReferenceInfo, ReferencePage
+from app.dependencies import BackendDep, DeadlineDep
+from app.errors import error_responses
+
+router = APIRouter(prefix="/references", tags=["references"])
+
+MAX_TTL_S = 10 * 365 * 86_400.0
+ReferenceId = Annotated[str, Path(min_length=1, max_length=128, description="The id returned at creation.")]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ReferenceInfo,
+    responses={
+        200: {"model": ReferenceInfo, "description": "An identical reference existed (its expiry is extended)."},
+        **error_responses(401, 413, 415, 422, 503, 504),
+    },
+    summary="Encode and store a reference",
+)
+async def create_reference(
+    response: Response,
+    backend: BackendDep,
+    deadline: DeadlineDep,
+    image: Annotated[UploadFile, File(description="The reference image.")],
+    mask: Annotated[UploadFile, File(description="Its mask: any non-zero pixel is foreground.")],
+    name: Annotated[str | None, Form(max_length=256, description="A label for your own bookkeeping.")] = None,
+    ttl_s: Annotated[
+        float | None,
+        Form(ge=0, le=MAX_TTL_S, description="Lifetime in seconds (0: forever; default INSID3_REFERENCE_TTL_S)."),
+    ] = None,
+) -> ReferenceInfo:
+    """201 with the new reference; 200 when the same image, mask and model made it already
+    (the id is the content hash)."""
+    info, created = await backend.create_reference(await image.read(), await mask.read(), name, ttl_s, deadline)
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/references/{info.reference_id}"
+    return info
+
+
+@router.get("", response_model=ReferencePage, responses=error_responses(401, 422, 503), summary="List references")
+async def list_references(
+    backend: BackendDep,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> ReferencePage:
+    """Live references, newest first."""
+    return await backend.list_references(offset, limit)
+
+
+@router.get(
+    "/{reference_id}", response_model=ReferenceInfo, responses=error_responses(401, 404, 422, 503),
+    summary="Get a reference",
+)
+async def get_reference(reference_id: ReferenceId, backend: BackendDep) -> ReferenceInfo:
+    """The reference's metadata."""
+    return await backend.get_reference(reference_id)
+
+
+@router.delete(
+    "/{reference_id}", status_code=204, responses=error_responses(401, 404, 422, 503),
+    summary="Delete a reference",
+)
+async def delete_reference(reference_id: ReferenceId, backend: BackendDep) -> Response:
+    """Forget the reference and its features."""
+    await backend.delete_reference(reference_id)
+    return Response(status_code=204)

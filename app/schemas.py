@@ -1,0 +1,77 @@
+"""Response bodies of the model endpoints (the OpenAPI schema is generated from them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+SegmentFormat = Literal["rle", "png", "polygons", "overlay"]
+
+
+class RLE(BaseModel):
+    """COCO compressed RLE: ``pycocotools.mask.decode({"size": size, "counts": counts.encode()})``."""
+
+    size: list[int] = Field(description="[height, width]")
+    counts: str
+
+
+class Instance(BaseModel):
+    """One connected component of the predicted mask."""
+
+    area: int
+    bbox: list[int] = Field(description="[x, y, width, height]")
+    rle: RLE
+    polygons: list[list[float]] | None = Field(default=None, description="Only with format=polygons.")
+
+
+class TargetResult(BaseModel):
+    """The prediction for one target image."""
+
+    index: int = Field(description="Position of the target in the request.")
+    filename: str | None = None
+    width: int
+    height: int
+    area: int = Field(description="Foreground pixels of the mask.")
+    bbox: list[int] | None = Field(default=None, description="[x, y, width, height]; absent for an empty mask.")
+    score: float = Field(description="Mean similarity of the kept patches to the reference prototype (0: empty).")
+    timings: dict[str, float] = Field(description="Milliseconds per engine stage.")
+    rle: RLE | None = Field(default=None, description="format=rle.")
+    polygons: list[list[float]] | None = Field(
+        default=None, description="format=polygons: [x1, y1, x2, y2, ...] outer boundaries in pixel corners."
+    )
+    png: str | None = Field(default=None, description="format=png/overlay with several targets: base64 PNG.")
+    instances: list[Instance] | None = Field(default=None, description="instances=true, largest first.")
+
+
+class SegmentResponse(BaseModel):
+    """Every target's prediction, in request order."""
+
+    reference_ids: list[str]
+    format: SegmentFormat
+    results: list[TargetResult]
+    timings: dict[str, float] = Field(description="total_ms: the whole request as seen by the server.")
+
+
+class MatchedPoint(BaseModel):
+    """A reference point mapped to the target."""
+
+    x: float
+    y: float
+    confidence: float = Field(description="Cosine similarity at the best-matching target patch.")
+
+
+class MatchResponse(BaseModel):
+    """The target points, in the order of the request's points."""
+
+    reference_id: str
+    points: list[MatchedPoint]
+    timings: dict[str, float]
+
+
+class Readiness(BaseModel):
+    """``/readyz``: ready, or the reason why not."""
+
+    ready: bool
+    reason: str | None = None
+    mode: Literal["embedded", "redis"]

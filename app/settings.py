@@ -1,0 +1,47 @@
+"""Settings of the HTTP service: the engine's settings plus serving, limits and security.
+
+Every field is settable from the environment as ``INSID3_<FIELD>`` (e.g. ``INSID3_PORT=9000``);
+``insid3 serve`` options override the environment. Lists (``api_keys``, ``cors_origins``) are
+comma-separated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from core.settings import EngineSettings
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(EngineSettings):
+    """Everything ``insid3 serve`` is configured with."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    redis_url: str | None = None  # None: the engine runs in the API process
+    max_batch: int = Field(default=8, ge=1)  # images per encoder pass (embedded mode)
+    max_wait_ms: float = Field(default=5.0, ge=0)  # how long a batch waits to fill up
+    max_queue: int = Field(default=64, ge=0)  # queued jobs before 503 + Retry-After
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)  # whole request body
+    max_targets: int = Field(default=16, ge=1)  # target images per /segment request
+    max_shots: int = Field(default=16, ge=1)  # references per /segment request
+    max_points: int = Field(default=1024, ge=1)  # points per /match request
+    request_timeout_s: float = Field(default=60.0, gt=0)  # deadline of one request (504 after)
+    retry_after_s: int = Field(default=1, ge=1)  # Retry-After of a 503 for a full queue
+    reference_ttl_s: float = Field(default=86_400.0, ge=0)  # default lifetime; 0 = forever
+    reference_dir: Path | None = None  # embedded mode: keep references on disk across restarts
+    api_keys: CommaList = Field(default_factory=list)  # empty: no authentication
+    cors_origins: CommaList = Field(default_factory=list)  # empty: no CORS headers
+    log_level: str = "info"
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value

@@ -1,0 +1,66 @@
+"""/healthz, /readyz, /metrics and /docs."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.app.helpers import reference_id, segment
+from tests.app.scenes import REFERENCE, TARGET
+
+
+def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics keyed by (name, sorted labels)."""
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"ready": True, "reason": None, "mode": "embedded"}
+
+
+def test_metrics_move_after_traffic(client):
+    ref_id = reference_id(client, REFERENCE)
+    before = scrape(client)
+    for _ in range(2):
+        assert segment(client, [TARGET], {"reference_ids": ref_id}).status_code == 200
+    assert client.get("/references/unknown").status_code == 404
+    after = scrape(client)
+
+    def grew(name: str, by: float = 1, **labels: str) -> bool:
+        return value(after, name, **labels) - value(before, name, **labels) >= by
+
+    assert grew("insid3_http_requests_total", 2, route="/segment", method="POST", status="200")
+    assert grew("insid3_http_requests_total", 1, route="/references/{reference_id}", method="GET", status="404")
+    assert grew("insid3_http_request_duration_seconds_count", 2, route="/segment", method="POST")
+    assert grew("insid3_encoder_seconds_count", 2)
+    assert grew("insid3_clustering_seconds_count", 2)
+    assert grew("insid3_batch_size_count", 2)
+    assert grew("insid3_reference_cache_hits_total", 2)
+    assert value(after, "insid3_reference_cache_bytes") > 0
+    assert ("insid3_queue_depth", ()) in after
+    assert value(after, "insid3_http_requests_in_flight") >= 1  # the scrape itself
+
+
+def test_unmatched_routes_share_one_label(client):
+    client.get("/no/such/path/1")
+    client.get("/no/such/path/2")
+    samples = scrape(client)
+    assert value(samples, "insid3_http_requests_total", route="<unmatched>", method="GET", status="404") >= 2
+    assert not any("/no/such" in dict(labels).get("route", "") for _, labels in samples)
+
+
+def test_openapi_and_docs(client):
+    schema = client.get("/openapi.json").json()
+    assert {"/references", "/references/{reference_id}", "/segment", "/match", "/healthz", "/readyz",
+            "/metrics"} <= set(schema["paths"])
+    assert client.get("/docs").status_code == 200
