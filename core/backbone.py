@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,29 +147,33 @@ def load_state_dict_into(model: torch.nn.Module, spec: BackboneSpec, state: dict
         raise ArchitectureMismatchError(f"{source} does not fit model size {spec.size!r}: {exc}") from None
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, memo_dir: Path | None) -> str:
     """sha256 of a weights file, memoised per (path, size, mtime) so a restart does not re-hash."""
     stat = path.stat()
-    memo_dir = Path(os.environ.get("INSID3_HASH_CACHE", Path.home() / ".cache" / "insid3" / "hashes"))
     memo_key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    memo = memo_dir / f"{memo_key}.json"
-    if memo.is_file():
+    memo = memo_dir / f"{memo_key}.json" if memo_dir is not None else None
+    if memo is not None and memo.is_file():
         return json.loads(memo.read_text())["sha256"]
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 24), b""):
             digest.update(block)
     value = digest.hexdigest()
-    try:
-        memo_dir.mkdir(parents=True, exist_ok=True)
-        memo.write_text(json.dumps({"path": str(path), "sha256": value}))
-    except OSError:
-        pass  # a read-only home only costs a re-hash next time
+    if memo is not None:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            memo.write_text(json.dumps({"path": str(path), "sha256": value}))
+        except OSError:
+            pass  # a read-only cache only costs a re-hash next time
     return value
 
 
-def load_backbone(spec: BackboneSpec, weights: str | None, weights_tag: str, pretrain_dir: Path) -> LoadedBackbone:
-    """Build the backbone of ``spec`` with its weights, in eval mode, on the CPU."""
+def load_backbone(spec: BackboneSpec, weights: str | None, weights_tag: str, pretrain_dir: Path,
+                  hash_cache_dir: Path | None = None) -> LoadedBackbone:
+    """Build the backbone of ``spec`` with its weights, in eval mode, on the CPU.
+
+    ``hash_cache_dir`` memoises the weights' sha256 per (path, size, mtime) across restarts.
+    """
     if weights is not None and (weights == "hub" or weights.startswith("hub:")):
         tag = weights.partition(":")[2] or weights_tag
         name = f"{spec.timm_name}.{tag}"
@@ -183,7 +186,7 @@ def load_backbone(spec: BackboneSpec, weights: str | None, weights_tag: str, pre
     state = read_state_dict(path)
     model = create_model(spec)
     load_state_dict_into(model, spec, state, f"weights file {str(path)!r}")
-    return LoadedBackbone(model.eval(), spec, file_sha256(path)[:12], str(path))
+    return LoadedBackbone(model.eval(), spec, file_sha256(path, hash_cache_dir)[:12], str(path))
 
 
 def extract_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -13,22 +13,25 @@ reciprocal-nearest-neighbour merging): this builds the same dendrogram as scipy'
 chain, up to the resolution of exact ties.  Distances are Lance-Williams updated in float64 like
 scipy's, and a cluster whose nearest neighbour is at ``>= 1 - tau`` is final and leaves the game.
 
-Storage: distances between two singletons stay in the float32 matrix (built in place in the Gram
-matrix's storage); a merged cluster owns one float64 row of distances to every singleton and every
-merged cluster.  Clusters have ids: ``id < L`` is a singleton (a row of the float32 matrix),
-``id = L + r`` the merged cluster of float64 row ``r``.  Both matrices are compacted when half of
-the ids are gone.  Everything is torch ops on the features' device.
+Storage, per phase: the ``K`` clusters alive at the start of the phase are *base* clusters with a
+dense ``(K, K)`` distance matrix (the float32 distances themselves in the first phase, float64
+later); a cluster merged during the phase gets the next *merged* slot ``r`` (id ``K + r``), its
+distances to the base clusters in ``base_rows[r]`` and, for every id, the distance to it in
+column ``r`` of ``merged_cols``.  Rows read in one pass and the new slots form contiguous blocks.
+A new phase (compaction into a smaller base matrix) starts when half of the base is gone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import numpy as np
 import torch
 
 _INF = float("inf")
-_MIRROR_BLOCK = 512
-_MIN_COMPACT = 64
+_MIRROR_BLOCK = 256
+_CHUNK_BYTES = 1 << 23
+_MIN_PHASE = 64
+_COMPACT_AT = 0.5
+_GROUP = 64
 
 
 def cluster_patches(features: torch.Tensor, tau: float) -> torch.Tensor:
@@ -39,15 +42,16 @@ def cluster_patches(features: torch.Tensor, tau: float) -> torch.Tensor:
     threshold = 1.0 - float(tau)
     if n <= 1 or threshold <= 0.0:
         return torch.arange(n, device=device)
-    state = _State.start(cosine_distances(features), threshold)
+    state = _State(_cosine_distances(features), threshold)
     while state.merge_round():
         pass
     return _labels(state.parent)
 
 
-def cosine_distances(features: torch.Tensor) -> torch.Tensor:
+def _cosine_distances(features: torch.Tensor) -> torch.Tensor:
     """Official float32 distances ``1 - clamp(X @ X.T)``, symmetric from the upper triangle, inf diagonal."""
-    dist = features @ features.T
+    n = features.shape[0]
+    dist = torch.matmul(features, features.T, out=_empty((n, n), features.dtype, features.device))
     dist.clamp_(-1.0, 1.0).neg_().add_(1.0)
     dist = dist.float()
     _mirror_upper(dist)
@@ -55,14 +59,24 @@ def cosine_distances(features: torch.Tensor) -> torch.Tensor:
     return dist
 
 
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Uninitialised tensor; on CPU backed by numpy, whose large buffers use transparent huge pages."""
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.from_numpy(np.empty(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
+
+
 def _mirror_upper(matrix: torch.Tensor) -> None:
-    """Copy the strict upper triangle onto the lower one, in place, block by block."""
+    """Copy the strict upper triangle onto the lower one, in place, one block-row at a time."""
     n = matrix.shape[0]
     for start in range(0, n, _MIRROR_BLOCK):
         stop = min(start + _MIRROR_BLOCK, n)
-        matrix[start:stop, :start].copy_(matrix[:start, start:stop].T)
         block = matrix[start:stop, start:stop]
-        block.copy_(torch.triu(block, 1) + torch.triu(block, 1).T)
+        block.copy_(torch.triu(block) + torch.triu(block, 1).T)
+        if stop < n:
+            flipped = torch.empty(n - stop, stop - start, dtype=matrix.dtype, device=matrix.device)
+            flipped.copy_(matrix[start:stop, stop:].contiguous().T)
+            matrix[stop:, start:stop] = flipped
 
 
 def _labels(parent: torch.Tensor) -> torch.Tensor:
@@ -75,157 +89,202 @@ def _labels(parent: torch.Tensor) -> torch.Tensor:
     return torch.unique(parent, return_inverse=True)[1]
 
 
-@dataclass
+def _row_min(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values.min(dim=1)`` (first index on ties), via a vectorised min over column groups."""
+    width = values.shape[1]
+    groups = width // _GROUP
+    if groups < 2:
+        return values.min(dim=1)
+    group_min = values[:, : groups * _GROUP].unflatten(1, (groups, _GROUP)).amin(dim=2)
+    if width > groups * _GROUP:
+        group_min = torch.cat([group_min, values[:, groups * _GROUP :].amin(dim=1, keepdim=True)], dim=1)
+    best, group = group_min.min(dim=1)
+    offsets = torch.arange(_GROUP, device=values.device)
+    columns = (group[:, None] * _GROUP + offsets).clamp_(max=width - 1)
+    inner = values.gather(1, columns).argmin(dim=1, keepdim=True)
+    return best, columns.gather(1, inner).squeeze(1)
+
+
+def _chunks(n_rows: int, row_bytes: int, device: torch.device) -> list[slice]:
+    """Row ranges of about ``_CHUNK_BYTES`` on CPU (to stay in cache), a single range elsewhere."""
+    step = max(1, _CHUNK_BYTES // max(1, row_bytes)) if device.type == "cpu" else max(1, n_rows)
+    return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+
+
+def _masked_row_min(
+    matrix: torch.Tensor, rows: torch.Tensor, penalty: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 min and argmin of ``matrix[rows] + penalty`` (penalty: 0 or inf per column)."""
+    if matrix.shape[1] == 0:
+        return torch.full(rows.shape, _INF, dtype=torch.float64, device=rows.device), torch.zeros_like(rows)
+    values, indices = [], []
+    for part in _chunks(rows.numel(), matrix.shape[1] * matrix.element_size(), matrix.device):
+        value, index = _row_min(matrix.index_select(0, rows[part]).add_(penalty))
+        values.append(value)
+        indices.append(index)
+    return torch.cat(values).double(), torch.cat(indices)
+
+
 class _State:
-    """Clusters that may still merge below the threshold; see the module docstring for ids."""
+    """Clusters that may still merge below the threshold (see the module docstring for the layout)."""
 
-    threshold: float
-    single: torch.Tensor  # (L, L) float32 distances between singletons, inf diagonal
-    rows: torch.Tensor  # (R, L + R) float64 distance rows of merged clusters
-    used_rows: int  # rows[:used_rows] have been written at least once
-    free_rows: torch.Tensor  # written rows whose cluster is gone
-    size: torch.Tensor  # (L + R,) float64 cluster sizes
-    active: torch.Tensor  # (L + R,) bool: the id is a live cluster with a neighbour below threshold
-    nn: torch.Tensor  # (L + R,) int64 id of the nearest active cluster
-    nnd: torch.Tensor  # (L + R,) float64 distance to it
-    origin: torch.Tensor  # (L + R,) int64 original patch representing the cluster
-    parent: torch.Tensor  # (N,) int64 merge forest over original patches
+    base: torch.Tensor  # (K, K) distances between base clusters, inf diagonal
+    base_rows: torch.Tensor  # (R, K) float64: merged slot -> distances to the base clusters
+    merged_cols: torch.Tensor  # (K + R, R) float64: id -> distances to the merged slots
+    used: int  # merged slots taken in this phase
+    size: torch.Tensor  # (K + R,) float64 cluster sizes
+    active: torch.Tensor  # (K + R,) bool: live cluster with a neighbour below the threshold
+    nn: torch.Tensor  # (K + R,) int64 id of the nearest active cluster
+    nnd: torch.Tensor  # (K + R,) float64 distance to it
+    origin: torch.Tensor  # (K + R,) int64 original patch representing the cluster
 
-    @classmethod
-    def start(cls, dist: torch.Tensor, threshold: float) -> _State:
-        n, device = dist.shape[0], dist.device
-        n_rows = n // 2
-        nnd, nn = dist.min(dim=1)
-        slots = torch.arange(n, device=device)
-        pad = torch.zeros(n_rows, dtype=torch.int64, device=device)
-        state = cls(
-            threshold=threshold,
-            single=dist,
-            rows=torch.empty(n_rows, n + n_rows, dtype=torch.float64, device=device),
-            used_rows=0,
-            free_rows=slots[:0],
-            size=torch.ones(n + n_rows, dtype=torch.float64, device=device),
-            active=torch.cat([nnd < threshold, pad.bool()]),
-            nn=torch.cat([nn, pad]),
-            nnd=torch.cat([nnd.double(), pad.double() + _INF]),
-            origin=torch.cat([slots, pad]),
-            parent=slots.clone(),
-        )
-        return state
+    def __init__(self, dist: torch.Tensor, threshold: float) -> None:
+        self.threshold = threshold
+        patches = torch.arange(dist.shape[0], device=dist.device)
+        self.parent = patches.clone()  # merge forest over the original patches
+        nnd, nn = _row_min(dist)
+        nnd = nnd.double()
+        self._new_phase(dist, torch.ones_like(nnd), nnd < threshold, nn, nnd, patches)
 
     @property
-    def n_single(self) -> int:
-        return self.single.shape[0]
+    def n_base(self) -> int:
+        return self.base.shape[0]
 
     def merge_round(self) -> bool:
         """Merge every mutual-nearest pair below the threshold; False once nothing is left to merge."""
-        ids = torch.arange(self.nn.shape[0], device=self.nn.device)
-        mutual = self.active & (self.nn[self.nn] == ids) & (ids < self.nn)
-        first, second = ids[mutual], self.nn[mutual]
+        first, second = self._mutual_pairs()
         if first.numel() == 0:
             return False
-        merged, new_ids = self._merge(first, second)
-        self._refresh_neighbours(first, second, merged, new_ids)
+        if self.used + first.numel() > self.base_rows.shape[0]:
+            self._compact()
+            first, second = self._mutual_pairs()
+        self._refresh(first, second, self._merge(first, second))
         self.active &= self.nnd < self.threshold
         live = int(self.active.sum())
-        if live * 2 <= self.n_single + self.used_rows and self.n_single + self.used_rows > _MIN_COMPACT:
+        if live <= _COMPACT_AT * self.n_base and self.n_base > _MIN_PHASE:
             self._compact()
         return True
 
-    def _distance_rows(self, ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Write into `out` (k, W) the float64 distances from clusters `ids` to the ids ``< W``.
+    def _mutual_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.arange(self.nn.shape[0], device=self.nn.device)
+        mutual = self.active & (self.nn[self.nn] == ids) & (ids < self.nn)
+        return ids[mutual], self.nn[mutual]
 
-        Entries of ids that are not active are garbage.
-        """
-        n_single, width = self.n_single, out.shape[1]
-        is_single = ids < n_single
-        pos = is_single.nonzero().squeeze(1)
+    def _rows(self, ids: torch.Tensor, width: int) -> torch.Tensor:
+        """Float64 distances from clusters `ids` to the ids ``< width``."""
+        k = self.n_base
+        out = torch.empty(ids.numel(), width, dtype=torch.float64, device=ids.device)
+        out[:, k:] = self.merged_cols[:, : width - k].index_select(0, ids)
+        is_base = ids < k
+        pos = is_base.nonzero().squeeze(1)
         if pos.numel():
-            singles = ids[pos]
-            block = torch.empty(pos.numel(), width, dtype=torch.float64, device=ids.device)
-            block[:, :n_single] = self.single.index_select(0, singles)
-            block[:, n_single:] = self.rows[: width - n_single].index_select(1, singles).T
-            out.index_copy_(0, pos, block)
-        pos = (~is_single).nonzero().squeeze(1)
+            out[:, :k].index_copy_(0, pos, self.base.index_select(0, ids[pos]).double())
+        pos = (~is_base).nonzero().squeeze(1)
         if pos.numel():
-            out.index_copy_(0, pos, self.rows[:, :width].index_select(0, ids[pos] - n_single))
+            out[:, :k].index_copy_(0, pos, self.base_rows.index_select(0, ids[pos] - k))
         return out
 
-    def _merge(self, first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Lance-Williams rows of the clusters ``first ∪ second``, stored; returns (rows, new ids)."""
-        n_single, width = self.n_single, self.n_single + self.used_rows
-        row = torch.where(first >= n_single, first, torch.where(second >= n_single, second, -1)) - n_single
-        fresh = row < 0
-        n_fresh = int(fresh.sum())
-        reuse = self.free_rows[:n_fresh]
-        extra = torch.arange(self.used_rows, self.used_rows + n_fresh - reuse.numel(), device=row.device)
-        row[fresh] = torch.cat([reuse, extra])
-        self.free_rows = torch.cat([self.free_rows[n_fresh:], second[first >= n_single] - n_single])
-        self.used_rows += extra.numel()
-        new_ids = row + n_single
-
+    def _merge(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Merge the pairs into new slots: Lance-Williams rows, storage, nearest neighbours."""
+        k, used, m = self.n_base, self.used, first.numel()
+        width = k + used
+        device = first.device
+        new_ids = torch.arange(width, width + m, device=device)
         n_first, n_second = self.size[first], self.size[second]
         total = n_first + n_second
-        merged = torch.empty(first.numel(), n_single + self.used_rows, dtype=torch.float64, device=row.device)
-        old = self._distance_rows(first, merged[:, :width]).mul_(n_first[:, None])
-        old += self._distance_rows(second, torch.empty_like(old)).mul_(n_second[:, None])
-        old /= total[:, None]
-        # Between two new clusters, the one listed first is merged first (row, then column update).
-        pair = (old[:, first] * n_first + old[:, second] * n_second) / total
-        pair = torch.triu(pair, 1)
-        pair = pair + pair.T
-        pair.diagonal().fill_(_INF)
-        merged[:, new_ids] = pair
-
         self.parent[self.origin[second]] = self.origin[first]
         self.origin[new_ids] = self.origin[first]
         self.size[new_ids] = total
         self.active[first] = False
         self.active[second] = False
         self.active[new_ids] = True
-        merged.masked_fill_(~self.active[: merged.shape[1]], _INF)
-        self.rows[row, : merged.shape[1]] = merged
-        self.rows[: self.used_rows].index_copy_(1, new_ids, merged[:, n_single:].T)
-        return merged, new_ids
+        self.used += m
+        penalty = self._penalty(width)
+        parts = torch.cat([first, second])
+        cross = torch.empty(m, 2 * m, dtype=torch.float64, device=device)
+        nnd = torch.empty(m, dtype=torch.float64, device=device)
+        nn = torch.empty(m, dtype=torch.int64, device=device)
+        for rows in _chunks(m, width * 8, device):
+            block = self._rows(first[rows], width).mul_(n_first[rows, None])
+            block += self._rows(second[rows], width).mul_(n_second[rows, None])
+            block /= total[rows, None]
+            cross[rows] = block.index_select(1, parts)
+            block += penalty
+            self.base_rows[used + rows.start : used + rows.stop] = block[:, :k]
+            self.merged_cols[:width, used + rows.start : used + rows.stop] = block.T
+            self.merged_cols[width + rows.start : width + rows.stop, :used] = block[:, k:]
+            nnd[rows], nn[rows] = _row_min(block)
+        # Between two new clusters, the one listed first is merged first (row, then column update).
+        pair = (cross[:, :m] * n_first + cross[:, m:] * n_second) / total
+        pair = torch.triu(pair, 1)
+        pair = pair + pair.T
+        pair.diagonal().fill_(_INF)
+        self.merged_cols[width : width + m, used : used + m] = pair
+        pair_nnd, pair_nn = _row_min(pair)
+        closer = pair_nnd < nnd
+        self.nnd[new_ids] = torch.where(closer, pair_nnd, nnd)
+        self.nn[new_ids] = torch.where(closer, pair_nn + width, nn)
+        return new_ids
 
-    def _refresh_neighbours(
-        self, first: torch.Tensor, second: torch.Tensor, merged: torch.Tensor, new_ids: torch.Tensor
-    ) -> None:
-        """New clusters take their row minimum; rows that pointed at a merged cluster are recomputed."""
+    def _penalty(self, width: int) -> torch.Tensor:
+        """0 for the active ids ``< width``, inf for the others (float64)."""
+        zero = torch.zeros((), dtype=torch.float64, device=self.active.device)
+        return torch.where(self.active[:width], zero, _INF)
+
+    def _refresh(self, first: torch.Tensor, second: torch.Tensor, new_ids: torch.Tensor) -> None:
+        """Recompute the nearest neighbour of the rows that pointed at a merged cluster."""
         touched = torch.zeros_like(self.active)
         touched[first] = True
         touched[second] = True
         stale = self.active & touched[self.nn]
         stale[new_ids] = False
-        self.nnd[new_ids], self.nn[new_ids] = merged.min(dim=1)
-        stale_ids = stale.nonzero().squeeze(1)
-        if stale_ids.numel():
-            width = merged.shape[1]
-            rows = torch.empty(stale_ids.numel(), width, dtype=torch.float64, device=merged.device)
-            self._distance_rows(stale_ids, rows).masked_fill_(~self.active[:width], _INF)
-            self.nnd[stale_ids], self.nn[stale_ids] = rows.min(dim=1)
+        ids = stale.nonzero().squeeze(1)
+        if ids.numel():
+            self.nnd[ids], self.nn[ids] = self._nearest(ids)
+
+    def _nearest(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest active cluster of each id (base clusters win ties, as the lower ids)."""
+        k, used = self.n_base, self.used
+        penalty = self._penalty(k + used)
+        value, index = _masked_row_min(self.merged_cols[:, :used], ids, penalty[k:])
+        index += k
+        is_base = ids < k
+        for pos, matrix, rows in (
+            (is_base.nonzero().squeeze(1), self.base, ids),
+            ((~is_base).nonzero().squeeze(1), self.base_rows, ids - k),
+        ):
+            if pos.numel():
+                base_value, base_index = _masked_row_min(matrix, rows[pos], penalty[:k].to(matrix.dtype))
+                closer = base_value <= value[pos]
+                value[pos] = torch.where(closer, base_value, value[pos])
+                index[pos] = torch.where(closer, base_index, index[pos])
+        return value, index
 
     def _compact(self) -> None:
-        """Keep only the active ids: singletons first, then merged clusters, in both matrices."""
-        n_single = self.n_single
+        """Start a new phase whose base clusters are the active ones (float64 dense matrix)."""
+        k, used = self.n_base, self.used
         live = self.active.nonzero().squeeze(1)
-        singles = live[live < n_single]
-        merged = live[live >= n_single] - n_single
-        n_s, n_m = singles.numel(), merged.numel()
-        n_rows = n_m + n_s // 2
+        base_ids, slots = live[live < k], live[live >= k] - k
+        n_b = base_ids.numel()
+        dist = _empty((live.numel(),) * 2, torch.float64, live.device)
+        dist[:n_b, :n_b] = self.base.index_select(0, base_ids).index_select(1, base_ids)
+        dist[n_b:, :n_b] = self.base_rows.index_select(0, slots).index_select(1, base_ids)
+        dist[:, n_b:] = self.merged_cols[:, :used].index_select(0, live).index_select(1, slots)
         new_id = torch.full_like(self.nn, -1)
-        new_id[singles] = torch.arange(n_s, device=live.device)
-        new_id[merged + n_single] = torch.arange(n_s, n_s + n_m, device=live.device)
-        rows = torch.empty(n_rows, n_s + n_rows, dtype=torch.float64, device=live.device)
-        kept = self.rows.index_select(0, merged)
-        rows[:n_m, :n_s] = kept.index_select(1, singles)
-        rows[:n_m, n_s : n_s + n_m] = kept.index_select(1, merged + n_single)
-        self.rows, self.used_rows, self.free_rows = rows, n_m, merged[:0]
-        self.single = self.single.index_select(0, singles).index_select(1, singles)
-        order = torch.cat([singles, merged + n_single])
-        pad = n_rows - n_m
-        self.size = torch.cat([self.size[order], self.size.new_ones(pad)])
-        self.nnd = torch.cat([self.nnd[order], self.nnd.new_full((pad,), _INF)])
-        self.nn = torch.cat([new_id[self.nn[order]], self.nn.new_zeros(pad)])
-        self.origin = torch.cat([self.origin[order], self.origin.new_zeros(pad)])
-        self.active = torch.cat([self.active[order], self.active.new_zeros(pad)])
+        new_id[live] = torch.arange(live.numel(), device=live.device)
+        self._new_phase(dist, self.size[live], self.active[live], new_id[self.nn[live]], self.nnd[live],
+                        self.origin[live])
+
+    def _new_phase(self, dist: torch.Tensor, size: torch.Tensor, active: torch.Tensor, nn: torch.Tensor,
+                   nnd: torch.Tensor, origin: torch.Tensor) -> None:
+        k = dist.shape[0]
+        slots = k // 2 + 1
+        device = dist.device
+        self.base, self.used = dist, 0
+        self.base_rows = _empty((slots, k), torch.float64, device)
+        self.merged_cols = _empty((k + slots, slots), torch.float64, device)
+        self.size = torch.cat([size, size.new_ones(slots)])
+        self.active = torch.cat([active, active.new_zeros(slots)])
+        self.nn = torch.cat([nn, nn.new_zeros(slots)])
+        self.nnd = torch.cat([nnd, nnd.new_full((slots,), _INF)])
+        self.origin = torch.cat([origin, origin.new_zeros(slots)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,9 +83,10 @@ def load_or_build_basis(
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(basis, tmp)
-            tmp.replace(path)
+            # A unique temporary name: workers sharing the cache volume may write at the same time.
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+                torch.save(basis, handle)
+            Path(handle.name).replace(path)
         except OSError as exc:
             log.warning("could not cache the positional basis in %s: %s", path.parent, exc)
     return basis

@@ -144,7 +144,9 @@ class Insid3:
             require_crf()
         resolved_device = resolve_device(device)
         dtype = resolve_precision(precision, resolved_device)
-        backbone = load_backbone(spec, None if weights is None else str(weights), weights_tag, Path(pretrain_dir))
+        cache_dir = Path(basis_cache_dir) if basis_cache_dir else None
+        backbone = load_backbone(spec, None if weights is None else str(weights), weights_tag, Path(pretrain_dir),
+                                 cache_dir / "hashes" if cache_dir else None)
         backbone.model.to(resolved_device)
         options = EngineOptions(
             image_size=image_size, svd_components=components, tau=tau, merge_threshold=merge_threshold,
@@ -154,7 +156,7 @@ class Insid3:
         engine = cls(backbone, torch.zeros(spec.embed_dim, 0), options, resolved_device, dtype,
                      ReferenceCache(cache_bytes))
         engine.basis = load_or_build_basis(
-            Path(basis_cache_dir) if basis_cache_dir else None,
+            cache_dir,
             f"{backbone.model_id}-{str(dtype).removeprefix('torch.')}",
             image_size, components, engine.encode_tensor,
         ).to(resolved_device)

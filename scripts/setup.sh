@@ -9,7 +9,7 @@ dev=false
 [[ "${1:-}" == "--dev" ]] && dev=true
 
 packages=(redis-server)
-$dev && packages+=(chromium chromium-driver prometheus)
+$dev && packages+=(chromium chromium-driver prometheus docker-compose)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
