@@ -27,7 +27,6 @@ class Server:
         self.env = {
             **os.environ,
             "INSID3_BASIS_CACHE_DIR": str(workdir / "basis"),
-            "INSID3_HASH_CACHE": str(workdir / "hashes"),
             "INSID3_PRETRAIN_DIR": str(workdir / "pretrain"),
             **env,
         }

@@ -28,7 +28,7 @@ def redis_client(redis_url, start_server, tiny_checkpoint, tmp_path_factory) -> 
     url = urlunsplit(urlsplit(redis_url)._replace(path=DATABASE))
     subprocess.run([sys.executable, "-c", f"import redis; redis.Redis.from_url({url!r}).flushdb()"], check=True)
     workdir = tmp_path_factory.mktemp("worker")
-    env = {**os.environ, "INSID3_BASIS_CACHE_DIR": str(workdir / "basis"), "INSID3_HASH_CACHE": str(workdir)}
+    env = {**os.environ, "INSID3_BASIS_CACHE_DIR": str(workdir / "basis")}
     worker_args = tiny_args(tiny_checkpoint)
     with (workdir / "worker.log").open("wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "core.cli", "worker", "--redis-url", url, *worker_args],
