@@ -5,7 +5,8 @@
 (b) this engine: references encoded once (cached), each target encoded alone, fast clustering.
 Both use the same random ViT-S/16 checkpoint (real weights cannot be downloaded here) on the CPU.
 Each configuration runs in its own process so that peak RSS is its own. Also compares clustering
-at N = 4096 patches (image size 1024) against sklearn, with identical partitions.
+at N = 4096 patches (image size 1024) against sklearn, with identical partitions, and one
+batched encoder call against a loop of single-image calls.
 
     .venv/bin/python bench/bench_core.py [--sizes 512 1024] [--shots 1 5] [--repeats 3]
 """
@@ -124,6 +125,29 @@ def _clustering(weights: str) -> None:
     del torch
 
 
+def _batching(weights: str, image_size: int = 512, count: int = 4) -> None:
+    """One batched encoder call versus a loop of single-image calls (decides encoder_batch_size)."""
+    import torch
+
+    from core.engine import Insid3
+
+    engine = Insid3.build(model_size="small", weights=weights, image_size=image_size, device="cpu",
+                          basis_cache_dir=tempfile.mkdtemp())
+    images = torch.randn(count, 3, image_size, image_size)
+    loop, batched = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        for index in range(count):
+            engine.encode_tensor(images[index:index + 1])
+        loop.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        engine.encode_tensor(images)
+        batched.append(time.perf_counter() - start)
+    loop_s, batched_s = statistics.median(loop), statistics.median(batched)
+    print(f"encoder, {count} images at {image_size}: loop {loop_s * 1000:.0f} ms, one batch {batched_s * 1000:.0f} ms, "
+          f"batch/loop {batched_s / loop_s:.2f} (CPU default: loop, encoder_batch_size=1)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
@@ -144,6 +168,7 @@ def main() -> None:
             print(f"{size:>5} {shots:>5} {official * 1000:>12.0f} ms {engine * 1000:>10.0f} ms "
                   f"{official / engine:>8.2f}x {official_rss:>10.0f} MB {engine_rss:>8.0f} MB", flush=True)
     _clustering(weights)
+    _batching(weights)
 
 
 if __name__ == "__main__":

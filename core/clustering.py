@@ -6,34 +6,47 @@ Reproduces the partition of the official INSID3 step::
     AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="average",
                             distance_threshold=1 - tau).fit_predict(D)
 
-sklearn reads the upper triangle of the float32 ``D`` and scipy merges in float64; the clusters are
-the components of the merges whose height is ``< 1 - tau``.  Average linkage is reducible, so all
-pairs of mutual nearest neighbours below the threshold can be merged in the same round (parallel
-reciprocal-nearest-neighbour merging): this builds the same dendrogram as scipy's nearest-neighbour
-chain, up to the resolution of exact ties.  Distances are Lance-Williams updated in float64 like
-scipy's, and a cluster whose nearest neighbour is at ``>= 1 - tau`` is final and leaves the game.
+sklearn passes the upper triangle of the float32 ``D`` to scipy's average linkage (float64
+Lance-Williams updates); it keeps the merges whose height is ``< 1 - tau`` and labels their
+components.  Two ways to get that partition:
 
-Storage, per phase: the ``K`` clusters alive at the start of the phase are *base* clusters with a
-dense ``(K, K)`` distance matrix (the float32 distances themselves in the first phase, float64
-later); a cluster merged during the phase gets the next *merged* slot ``r`` (id ``K + r``), its
-distances to the base clusters in ``base_rows[r]`` and, for every id, the distance to it in
-column ``r`` of ``merged_cols``.  Rows read in one pass and the new slots form contiguous blocks.
-A new phase (compaction into a smaller base matrix) starts when half of the base is gone.
+* on CPU up to ``_CHAIN_MAX_PATCHES`` patches, the same scipy call on the condensed matrix, without
+  sklearn's overhead (exactly sklearn's computation);
+* otherwise (large grids, accelerators) parallel reciprocal-nearest-neighbour merging in torch.
+  Average linkage is reducible, so all pairs of mutual nearest neighbours below the threshold can
+  merge in the same round: the dendrogram is the one of scipy's nearest-neighbour chain up to the
+  resolution of exact ties.  Distances are Lance-Williams updated in float64 like scipy's, and a
+  cluster whose nearest neighbour is at ``>= 1 - tau`` is final and leaves the game.
+
+Storage of the rounds, per phase: the ``K`` clusters alive at the start of the phase are *base*
+clusters with a dense ``(K, K)`` distance matrix (the float32 distances themselves in the first
+phase, float64 later); a cluster merged during the phase gets the next *merged* slot ``r`` (id
+``K + r``), its distances to the base clusters in ``base_rows[r]`` and, for every id, the distance
+to it in column ``r`` of ``merged_cols``.  Rows are read in one pass and new slots are written as
+contiguous blocks.  A new phase (compaction into a smaller base matrix) starts when half of the
+base is gone.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.cluster.hierarchy import linkage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial.distance import squareform
 
 _INF = float("inf")
-_MIRROR_BLOCK = 256
-_CHUNK_BYTES = 1 << 23
-_MIN_PHASE = 64
-_COMPACT_AT = 0.5
-_GROUP = 64
+_CHAIN_MAX_PATCHES = 2560  # on CPU, scipy's compiled chain beats the torch rounds up to this size
+_MIRROR_BLOCK = 256  # rows per block when mirroring the upper triangle
+_CHUNK_BYTES = 1 << 23  # CPU working set of one chunk of rows (fits the last-level cache)
+_COMPACT_AT = 0.5  # start a new phase when this fraction of the base clusters is still alive
+_MIN_PHASE = 64  # below this many base clusters, never compact
+_GROUP = 64  # columns per group in the two-level row minimum
+_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 
 
+@torch.no_grad()
 def cluster_patches(features: torch.Tensor, tau: float) -> torch.Tensor:
     """(N, C) L2-normalised features -> (N,) int64 labels 0..K-1 on the features' device."""
     if features.dim() != 2:
@@ -42,28 +55,49 @@ def cluster_patches(features: torch.Tensor, tau: float) -> torch.Tensor:
     threshold = 1.0 - float(tau)
     if n <= 1 or threshold <= 0.0:
         return torch.arange(n, device=device)
-    state = _State(_cosine_distances(features), threshold)
+    dist = _cosine_distances(features)
+    if device.type == "cpu" and n <= _CHAIN_MAX_PATCHES:
+        return _chain_labels(dist, threshold)
+    return _round_labels(dist, threshold)
+
+
+def _chain_labels(dist: torch.Tensor, threshold: float) -> torch.Tensor:
+    """sklearn's computation: scipy's average linkage on the condensed upper triangle, cut."""
+    n = dist.shape[0]
+    merges = linkage(squareform(dist.numpy(), checks=False), method="average")  # sorted by height
+    kept = merges[: int(np.count_nonzero(merges[:, 2] < threshold)), :2].astype(np.int64)
+    nodes = np.tile(n + np.arange(len(kept)), 2)
+    graph = coo_matrix((np.ones(len(nodes)), (nodes, kept.T.reshape(-1))), shape=(2 * n - 1, 2 * n - 1))
+    labels = connected_components(graph, directed=False)[1][:n]
+    return torch.from_numpy(np.unique(labels, return_inverse=True)[1].astype(np.int64))
+
+
+def _round_labels(dist: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Parallel reciprocal-nearest-neighbour merging below the threshold (any device).
+
+    Reads the upper triangle of `dist`, which it overwrites with the symmetric matrix.
+    """
+    _mirror_upper(dist)
+    dist.diagonal().fill_(_INF)
+    state = _State(dist, threshold)
     while state.merge_round():
         pass
     return _labels(state.parent)
 
 
 def _cosine_distances(features: torch.Tensor) -> torch.Tensor:
-    """Official float32 distances ``1 - clamp(X @ X.T)``, symmetric from the upper triangle, inf diagonal."""
+    """The official distances ``1 - clamp(X @ X.T, -1, 1)``, computed in place, as float32."""
     n = features.shape[0]
     dist = torch.matmul(features, features.T, out=_empty((n, n), features.dtype, features.device))
-    dist.clamp_(-1.0, 1.0).neg_().add_(1.0)
-    dist = dist.float()
-    _mirror_upper(dist)
-    dist.diagonal().fill_(_INF)
-    return dist
+    return dist.clamp_(-1.0, 1.0).neg_().add_(1.0).float()
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Uninitialised tensor; on CPU backed by numpy, whose large buffers use transparent huge pages."""
-    if device.type != "cpu":
-        return torch.empty(shape, dtype=dtype, device=device)
-    return torch.from_numpy(np.empty(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
+    """Uninitialised tensor; on CPU backed by numpy, whose large buffers use transparent huge pages
+    (much cheaper to fault in than torch's 4 KiB pages)."""
+    if device.type == "cpu" and dtype in _NUMPY_DTYPES:
+        return torch.from_numpy(np.empty(shape, dtype=_NUMPY_DTYPES[dtype]))
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _mirror_upper(matrix: torch.Tensor) -> None:
@@ -80,7 +114,7 @@ def _mirror_upper(matrix: torch.Tensor) -> None:
 
 
 def _labels(parent: torch.Tensor) -> torch.Tensor:
-    """Resolve a merge forest (parent pointers) into labels 0..K-1 ordered by first member."""
+    """Resolve a merge forest (parent pointers) into labels 0..K-1, numbered by root patch."""
     while True:
         grand = parent[parent]
         if torch.equal(grand, parent):
@@ -170,18 +204,15 @@ class _State:
         mutual = self.active & (self.nn[self.nn] == ids) & (ids < self.nn)
         return ids[mutual], self.nn[mutual]
 
-    def _rows(self, ids: torch.Tensor, width: int) -> torch.Tensor:
-        """Float64 distances from clusters `ids` to the ids ``< width``."""
+    def _scaled_rows(self, ids: torch.Tensor, scale: torch.Tensor, width: int) -> torch.Tensor:
+        """``scale[:, None] *`` the float64 distances from `ids` (all base or all merged) to ids < width."""
         k = self.n_base
         out = torch.empty(ids.numel(), width, dtype=torch.float64, device=ids.device)
-        out[:, k:] = self.merged_cols[:, : width - k].index_select(0, ids)
-        is_base = ids < k
-        pos = is_base.nonzero().squeeze(1)
-        if pos.numel():
-            out[:, :k].index_copy_(0, pos, self.base.index_select(0, ids[pos]).double())
-        pos = (~is_base).nonzero().squeeze(1)
-        if pos.numel():
-            out[:, :k].index_copy_(0, pos, self.base_rows.index_select(0, ids[pos] - k))
+        torch.mul(self.merged_cols[:, : width - k].index_select(0, ids), scale, out=out[:, k:])
+        if bool(ids[0] < k):
+            torch.mul(self.base.index_select(0, ids), scale, out=out[:, :k])
+        else:
+            torch.mul(self.base_rows.index_select(0, ids - k), scale, out=out[:, :k])
         return out
 
     def _merge(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -189,6 +220,11 @@ class _State:
         k, used, m = self.n_base, self.used, first.numel()
         width = k + used
         device = first.device
+        # Group the pairs (base, base), (base, merged), (merged, merged) so that chunks are uniform.
+        kind = (first >= k).long() + (second >= k).long()
+        order = torch.argsort(kind, stable=True)
+        first, second = first[order], second[order]
+        bounds = torch.bincount(kind, minlength=3).cumsum(0).tolist()
         new_ids = torch.arange(width, width + m, device=device)
         n_first, n_second = self.size[first], self.size[second]
         total = n_first + n_second
@@ -204,16 +240,18 @@ class _State:
         cross = torch.empty(m, 2 * m, dtype=torch.float64, device=device)
         nnd = torch.empty(m, dtype=torch.float64, device=device)
         nn = torch.empty(m, dtype=torch.int64, device=device)
-        for rows in _chunks(m, width * 8, device):
-            block = self._rows(first[rows], width).mul_(n_first[rows, None])
-            block += self._rows(second[rows], width).mul_(n_second[rows, None])
-            block /= total[rows, None]
-            cross[rows] = block.index_select(1, parts)
-            block += penalty
-            self.base_rows[used + rows.start : used + rows.stop] = block[:, :k]
-            self.merged_cols[:width, used + rows.start : used + rows.stop] = block.T
-            self.merged_cols[width + rows.start : width + rows.stop, :used] = block[:, k:]
-            nnd[rows], nn[rows] = _row_min(block)
+        for start, stop in zip([0, *bounds[:-1]], bounds, strict=True):
+            for part in _chunks(stop - start, width * 8, device):
+                rows = slice(start + part.start, start + part.stop)
+                block = self._scaled_rows(first[rows], n_first[rows, None], width)
+                block += self._scaled_rows(second[rows], n_second[rows, None], width)
+                block /= total[rows, None]
+                cross[rows] = block.index_select(1, parts)
+                block += penalty
+                self.base_rows[used + rows.start : used + rows.stop] = block[:, :k]
+                self.merged_cols[:width, used + rows.start : used + rows.stop] = block.T
+                self.merged_cols[width + rows.start : width + rows.stop, :used] = block[:, k:]
+                nnd[rows], nn[rows] = _row_min(block)
         # Between two new clusters, the one listed first is merged first (row, then column update).
         pair = (cross[:, :m] * n_first + cross[:, m:] * n_second) / total
         pair = torch.triu(pair, 1)
@@ -272,11 +310,19 @@ class _State:
         dist[:, n_b:] = self.merged_cols[:, :used].index_select(0, live).index_select(1, slots)
         new_id = torch.full_like(self.nn, -1)
         new_id[live] = torch.arange(live.numel(), device=live.device)
-        self._new_phase(dist, self.size[live], self.active[live], new_id[self.nn[live]], self.nnd[live],
-                        self.origin[live])
+        self._new_phase(
+            dist, self.size[live], self.active[live], new_id[self.nn[live]], self.nnd[live], self.origin[live]
+        )
 
-    def _new_phase(self, dist: torch.Tensor, size: torch.Tensor, active: torch.Tensor, nn: torch.Tensor,
-                   nnd: torch.Tensor, origin: torch.Tensor) -> None:
+    def _new_phase(
+        self,
+        dist: torch.Tensor,
+        size: torch.Tensor,
+        active: torch.Tensor,
+        nn: torch.Tensor,
+        nnd: torch.Tensor,
+        origin: torch.Tensor,
+    ) -> None:
         k = dist.shape[0]
         slots = k // 2 + 1
         device = dist.device
