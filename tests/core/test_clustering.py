@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,9 +12,6 @@ from scipy.cluster.hierarchy import linkage
 from sklearn.cluster import AgglomerativeClustering
 
 from core.clustering import _chain_labels, _cosine_distances, _mirror_upper, _round_labels, cluster_patches
-
-PARITY_DIR = Path(os.environ.get("INSID3_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
-
 
 METHODS = ["public", "chain", "rounds"]
 
@@ -251,14 +247,10 @@ def test_mirror_copies_the_upper_triangle(n: int) -> None:
     assert torch.equal(matrix, expected)
 
 
-PARITY_CASES = sorted((PARITY_DIR / "insid3").glob("case*.npz"))
-
-
-@pytest.mark.skipif(not PARITY_CASES, reason=f"no parity fixtures under {PARITY_DIR}")
 @pytest.mark.parametrize("method", METHODS)
-def test_parity_fixtures_cluster_labels(method: str) -> None:
+def test_parity_fixtures_cluster_labels(method: str, parity_dir: Path) -> None:
     checked = 0
-    for path in PARITY_CASES:
+    for path in sorted((parity_dir / "insid3").glob("case*.npz")):
         case = np.load(path)
         if "cluster_labels" not in case.files:
             continue
