@@ -1,0 +1,92 @@
+"""The Redis reference store: fp16 features with a TTL, deduplication, listing, deletion."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app.backend import ReferenceInfo
+from workers.protocol import Keys, connect
+from workers.references import ReferenceStore, expires_at
+
+Scenario = Callable[[ReferenceStore], Awaitable[None]]
+
+
+@pytest.fixture
+def run_with_store(redis_url: str) -> Callable[[Scenario], None]:
+    def run(scenario: Scenario) -> None:
+        async def main() -> None:
+            client = connect(redis_url)
+            try:
+                await scenario(ReferenceStore(client, Keys(prefix=f"test-{uuid.uuid4().hex[:12]}")))
+            finally:
+                await client.aclose()
+
+        asyncio.run(main())
+
+    return run
+
+
+def _info(reference_id: str, ttl_s: float, created: datetime | None = None) -> ReferenceInfo:
+    created = created or datetime.now(UTC)
+    return ReferenceInfo(reference_id=reference_id, name=f"name-{reference_id}", width=64, height=48, mask_area=10,
+                         model="dinov3_vits16-0123456789ab", image_size=64, created_at=created,
+                         expires_at=expires_at(created, ttl_s))
+
+
+def test_save_is_first_writer_wins_with_ttl(run_with_store: Callable[[Scenario], None]) -> None:
+    async def scenario(store: ReferenceStore) -> None:
+        first = _info("r1", 3600)
+        assert await store.save(first, b"features-1", 3600) is None
+        existing = await store.save(_info("r1", 60).model_copy(update={"name": "other"}), b"features-2", 60)
+        assert existing == first
+        assert await store.features(["r1", "nope"]) == {"r1": b"features-1"}
+        assert await store.info("r1") == first
+        ttl_ms = await store.client.pttl(store.keys.reference("r1"))
+        assert 0 < ttl_ms <= 3_600_000
+
+        forever = _info("r2", 0)
+        assert forever.expires_at is None
+        await store.save(forever, b"f", 0)
+        assert await store.client.pttl(store.keys.reference("r2")) == -1
+
+    run_with_store(scenario)
+
+
+def test_extend_gives_a_new_lifetime(run_with_store: Callable[[Scenario], None]) -> None:
+    async def scenario(store: ReferenceStore) -> None:
+        info = _info("r1", 10)
+        await store.save(info, b"f", 10)
+        extended = await store.extend("r1", 7200)
+        assert extended is not None and extended.name == info.name and extended.created_at == info.created_at
+        assert extended.expires_at is not None and extended.expires_at > info.expires_at + timedelta(hours=1)
+        assert await store.info("r1") == extended
+        assert await store.client.pttl(store.keys.reference("r1")) > 3_600_000
+        forever = await store.extend("r1", 0)
+        assert forever is not None and forever.expires_at is None
+        assert await store.client.pttl(store.keys.reference("r1")) == -1
+        assert await store.extend("missing", 10) is None
+
+    run_with_store(scenario)
+
+
+def test_pages_are_newest_first_and_skip_expired(run_with_store: Callable[[Scenario], None]) -> None:
+    async def scenario(store: ReferenceStore) -> None:
+        now = datetime.now(UTC)
+        for index in range(3):
+            await store.save(_info(f"r{index}", 3600, now + timedelta(seconds=index)), b"f", 3600)
+        expired = _info("old", 1, now - timedelta(hours=1))  # its expiry time has passed
+        await store.save(expired, b"f", 1)
+        items, total = await store.page(0, 2)
+        assert [i.reference_id for i in items] == ["r2", "r1"] and total == 3
+        items, total = await store.page(2, 10)
+        assert [i.reference_id for i in items] == ["r0"] and total == 3
+        assert await store.delete("r1") and not await store.delete("r1")
+        items, total = await store.page(0, 10)
+        assert [i.reference_id for i in items] == ["r2", "r0"] and total == 2
+
+    run_with_store(scenario)

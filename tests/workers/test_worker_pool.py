@@ -1,0 +1,188 @@
+"""`insid3 worker` processes fed through ``RedisBackend`` (the API's client) and the raw protocol:
+batching, exactly-one answers after kill -9, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import numpy as np
+import pytest
+
+from app.settings import Settings
+from core.types import SegmentationResult
+from tests.conftest import REPO_ROOT, free_port
+from tests.workers.helpers import Launcher, box_mask, random_image, scrape, wait_until
+from workers.client import JobFailed, RedisBackend, remote_exception
+from workers.protocol import GROUP, JOB_FAILED, Job, Queue, RemoteError, SegmentRequest, connect, decode_reply
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def steady(launcher: Launcher) -> int:
+    """A worker that stays up for the whole module; returns its metrics port."""
+    port = free_port()
+    launcher.worker("steady", port, "--max-batch", "8", "--max-wait-ms", "100", "--visibility-timeout-s", "3",
+                    "--max-attempts", "3")
+    return port
+
+
+def with_backend(launcher: Launcher, scenario: Callable[[RedisBackend], Awaitable[T]]) -> T:
+    """Run ``scenario`` with a started ``RedisBackend`` of this module's database."""
+
+    async def main() -> T:
+        backend = RedisBackend(Settings(redis_url=launcher.redis_url))
+        await backend.start()
+        try:
+            return await scenario(backend)
+        finally:
+            await backend.close()
+
+    return asyncio.run(main())
+
+
+def deadline() -> float:
+    return time.time() + 60
+
+
+def delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
+    return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+def queue_cli(launcher: Launcher, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "core.cli", "queue", "--redis-url", launcher.redis_url, *args],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60,
+    )
+    return result.stdout
+
+
+def test_concurrent_requests_share_batches_with_unbatched_results(launcher: Launcher, steady: int) -> None:
+    targets = [random_image(100 + i) for i in range(8)]
+    scrapes: list[dict[str, float]] = []
+
+    async def scenario(backend: RedisBackend) -> list[list[SegmentationResult]]:
+        info, created = await backend.create_reference(random_image(0), box_mask(), "ref", None, deadline())
+        assert created
+        ids = [info.reference_id]
+        alone = [(await backend.segment([t], ids, None, None, deadline()))[0] for t in targets]
+        scrapes.append(scrape(steady))
+        concurrent = await asyncio.gather(*(backend.segment([t], ids, None, None, deadline()) for t in targets))
+        scrapes.append(scrape(steady))
+        together = await backend.segment(targets, ids, None, None, deadline())
+        scrapes.append(scrape(steady))
+        return [alone, [result for [result] in concurrent], together]
+
+    alone, concurrent, together = with_backend(launcher, scenario)
+    assert any(result.area > 0 for result in alone)
+    for batched in (concurrent, together):
+        for single, result in zip(alone, batched, strict=True):
+            assert np.array_equal(single.mask, result.mask)
+            assert single.score == result.score
+    before, middle, after = scrapes
+    assert delta(middle, before, "insid3_worker_batch_jobs_sum") == 8
+    assert delta(middle, before, "insid3_worker_batch_jobs_count") < 8  # concurrent requests shared batches
+    assert delta(after, middle, "insid3_worker_batch_jobs_count") == 1  # one request of 8 targets: one batch
+    assert delta(after, before, 'insid3_worker_jobs_total{outcome="processed"}') == 16
+
+
+def test_poison_job_is_dead_lettered_after_max_attempts(launcher: Launcher, steady: int) -> None:
+    before = scrape(steady)
+
+    async def scenario() -> tuple[Job, RemoteError]:
+        client = connect(launcher.redis_url)
+        queue = Queue(client)
+        inbox = queue.keys.inbox("poison-test")
+        poison = Job("", uuid.uuid4().hex, "segment", deadline(), inbox, 1, b"not a frame")
+        assert (await queue.enqueue([poison], max_backlog=100)).ids
+        messages: list[bytes] = []
+        while not messages:
+            messages = await queue.pop_replies(inbox, timeout_s=5)
+        await client.aclose()
+        [message] = messages
+        job_id, reply = decode_reply(message)
+        assert job_id == poison.job_id and isinstance(reply, RemoteError)
+        return poison, reply
+
+    poison, reply = asyncio.run(scenario())
+    assert reply.code == JOB_FAILED and reply.extra == {"attempts": 3}
+    error = remote_exception(reply)
+    assert isinstance(error, JobFailed)
+    assert "3 time(s)" in error.detail and "dead-letter" in error.detail and "not an insid3 frame" in error.detail
+    after = scrape(steady)
+    assert delta(after, before, 'insid3_worker_jobs_total{outcome="retried"}') == 2
+    assert delta(after, before, 'insid3_worker_jobs_total{outcome="dead_lettered"}') == 1
+    assert poison.job_id in queue_cli(launcher, "dead-letters")
+    stats = queue_cli(launcher, "stats")
+    assert "dead letters 1" in stats and "worker steady" in stats
+    assert "deleted 1 dead letters" in queue_cli(launcher, "dead-letters", "--purge")
+
+
+def test_kill_9_mid_batch_still_answers_every_job_exactly_once(launcher: Launcher, steady: int) -> None:
+    victim = launcher.worker("victim", free_port(), "--max-batch", "4", "--max-wait-ms", "50",
+                             "--visibility-timeout-s", "3")
+    info, _ = with_backend(launcher, lambda backend: backend.create_reference(
+        random_image(1), box_mask(), None, None, deadline()))
+    before = scrape(steady)
+
+    async def scenario() -> tuple[int, Counter[str], list[object], int]:
+        client = connect(launcher.redis_url)
+        queue = Queue(client)
+        inbox = queue.keys.inbox("kill-test")
+        jobs = [Job.new(SegmentRequest(random_image(200 + i), [info.reference_id]), time.time() + 120, inbox)
+                for i in range(40)]
+        assert len((await queue.enqueue(jobs, max_backlog=1000, reference_ids=[info.reference_id])).ids) == 40
+
+        async def victim_pending() -> int:
+            rows = await client.xpending_range(queue.keys.stream, GROUP, "-", "+", 100, consumername="victim")
+            return len(rows)
+
+        while await victim_pending() == 0:
+            await asyncio.sleep(0.002)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.popen.wait()
+        held_at_death = await victim_pending()
+
+        answers: Counter[str] = Counter()
+        results = []
+        while len(answers) < len(jobs):
+            for message in await queue.pop_replies(inbox, timeout_s=5):
+                job_id, result = decode_reply(message)
+                answers[job_id] += 1
+                results.append(result)
+        while (stats := await queue.stats()).pending or stats.backlog:
+            await asyncio.sleep(0.05)
+        late = await client.llen(inbox)  # every answer is pushed with its XACK: none can still come
+        await client.aclose()
+        return held_at_death, answers, results, late
+
+    held_at_death, answers, results, late = asyncio.run(scenario())
+    assert held_at_death > 0  # killed while holding unanswered jobs
+    assert len(answers) == 40 and set(answers.values()) == {1} and late == 0
+    assert all(isinstance(result, SegmentationResult) for result in results)
+    assert delta(scrape(steady), before, 'insid3_worker_jobs_total{outcome="reclaimed"}') >= held_at_death
+
+
+def test_expired_jobs_are_skipped_unanswered(launcher: Launcher, steady: int) -> None:
+    before = scrape(steady)
+
+    async def scenario() -> None:
+        client = connect(launcher.redis_url)
+        queue = Queue(client)
+        inbox = queue.keys.inbox("expiry-test")
+        await queue.enqueue([Job.new(SegmentRequest(random_image(3), ["x"]), time.time() - 1, inbox)], 100)
+        wait_until(lambda: scrape(steady).get('insid3_worker_jobs_total{outcome="expired"}', 0)
+                   > before.get('insid3_worker_jobs_total{outcome="expired"}', 0), "the expired job to be skipped")
+        assert await client.llen(inbox) == 0
+        await client.aclose()
+
+    asyncio.run(scenario())

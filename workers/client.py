@@ -1,0 +1,275 @@
+"""``RedisBackend``: the API side of the worker pool (``insid3 serve --redis-url``).
+
+Jobs go to the stream with a deadline and this process's inbox; one background task blocks on
+the inbox (BLMPOP) and hands every reply to the request waiting for it, so no request polls.
+When the connection to Redis is lost, waiting requests fail with 503 (their replies may be
+lost) and the reader reconnects with backoff; new requests get 503 until Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from prometheus_client import Gauge
+
+from app.backend import (
+    BackendError,
+    DeadlineExceeded,
+    ModelUnavailable,
+    QueueFull,
+    ReferenceInfo,
+    ReferenceNotFound,
+    ReferencePage,
+)
+from app.settings import Settings
+from core.errors import Insid3Error
+from core.types import MatchResult, SegmentationResult
+from workers.protocol import (
+    DEFAULT_KEYS,
+    JOB_FAILED,
+    REDIS_DOWN,
+    Backoff,
+    Job,
+    Keys,
+    MatchRequest,
+    ProtocolError,
+    Queue,
+    ReferenceCreated,
+    ReferenceRequest,
+    RemoteError,
+    Request,
+    Result,
+    SegmentRequest,
+    connect,
+    decode_reply,
+)
+from workers.references import ReferenceStore
+
+log = logging.getLogger("insid3.app")
+T = TypeVar("T")
+
+REPLY_BLOCK_S = 1.0  # one BLMPOP on the inbox blocks at most this long (bounds the time close() takes)
+
+DEAD_LETTERS = Gauge("insid3_dead_letters", "Jobs in the dead-letter stream (Redis mode)")
+
+
+class JobFailed(BackendError):
+    """A job that failed on every try and was dead-lettered. HTTP 500."""
+
+    code = JOB_FAILED
+
+
+def _error_classes() -> dict[str, type[Insid3Error]]:
+    """Every ``Insid3Error`` class by code (engine and backend errors)."""
+    classes: dict[str, type[Insid3Error]] = {}
+    todo: list[type[Insid3Error]] = [Insid3Error]
+    while todo:
+        cls = todo.pop()
+        classes.setdefault(cls.code, cls)
+        todo += cls.__subclasses__()
+    return classes
+
+
+def remote_exception(error: RemoteError) -> Insid3Error:
+    """The exception a worker's error answer stands for, of the class the engine raised."""
+    if error.code == ReferenceNotFound.code and "reference_id" in error.extra:
+        return ReferenceNotFound(str(error.extra["reference_id"]))
+    cls = _error_classes().get(error.code)
+    if cls is not None and cls.__init__ is Insid3Error.__init__:
+        return cls(error.detail)
+    exc = JobFailed(error.detail)
+    exc.code = error.code
+    return exc
+
+
+def _unwrap(result: Result, expected: type[T]) -> T:
+    if isinstance(result, RemoteError):
+        raise remote_exception(result)
+    assert isinstance(result, expected), f"expected {expected.__name__}, got {type(result).__name__}"
+    return result
+
+
+def _redact(url: str) -> str:
+    """``url`` without its credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()
+
+
+class RedisBackend:
+    """``app.backend.InferenceBackend`` on the Redis Streams worker pool."""
+
+    def __init__(self, settings: Settings, keys: Keys = DEFAULT_KEYS) -> None:
+        assert settings.redis_url, "RedisBackend needs settings.redis_url"
+        self._settings = settings
+        self._where = _redact(settings.redis_url)
+        self._client = connect(settings.redis_url)
+        self._queue = Queue(self._client, keys)
+        self._store = ReferenceStore(self._client, keys)
+        self._inbox = keys.inbox(uuid.uuid4().hex)
+        self._waiting: dict[str, asyncio.Future[Result]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_replies(), name="insid3-redis-replies")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._waiting:
+            await asyncio.wait(list(self._waiting.values()), timeout=self._settings.request_timeout_s)
+        if self._reader is not None:
+            self._reader.cancel()  # redis-py may swallow it mid-command: the loop also checks _closing
+            await asyncio.wait({self._reader})
+        self._fail_waiting(ModelUnavailable("the server is shutting down"))
+        await self._client.aclose()
+
+    async def readiness(self) -> str | None:
+        try:
+            alive = await self._queue.workers_alive()
+        except REDIS_DOWN as exc:
+            return f"Redis at {self._where} is unreachable: {exc}"
+        if not alive:
+            return (f"no worker is serving the job queue at {self._where}; "
+                    f"start one with `insid3 worker --redis-url {self._where}`")
+        return None
+
+    # ---------------------------------------------------------------------------- references
+
+    async def create_reference(
+        self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None, deadline: float
+    ) -> tuple[ReferenceInfo, bool]:
+        ttl = self._settings.reference_ttl_s if ttl_s is None else ttl_s
+        [result] = await self._submit([ReferenceRequest(image, mask, name, ttl)], deadline)
+        created = _unwrap(result, ReferenceCreated)
+        return ReferenceInfo.model_validate(created.info), created.created
+
+    async def get_reference(self, reference_id: str) -> ReferenceInfo:
+        with self._redis_errors():
+            info = await self._store.info(reference_id)
+        if info is None:
+            raise ReferenceNotFound(reference_id)
+        return info
+
+    async def delete_reference(self, reference_id: str) -> None:
+        with self._redis_errors():
+            deleted = await self._store.delete(reference_id)
+        if not deleted:
+            raise ReferenceNotFound(reference_id)
+
+    async def list_references(self, offset: int, limit: int) -> ReferencePage:
+        with self._redis_errors():
+            items, total = await self._store.page(offset, limit)
+        return ReferencePage(items=items, total=total, offset=offset, limit=limit)
+
+    # ---------------------------------------------------------------------------- inference
+
+    async def segment(
+        self, targets: list[bytes], reference_ids: list[str], tau: float | None,
+        merge_threshold: float | None, deadline: float,
+    ) -> list[SegmentationResult]:
+        requests: list[Request] = [SegmentRequest(t, reference_ids, tau, merge_threshold) for t in targets]
+        results = await self._submit(requests, deadline, reference_ids)
+        return [_unwrap(result, SegmentationResult) for result in results]
+
+    async def match(
+        self, target: bytes, reference_id: str, points: list[tuple[float, float]], debiased: bool,
+        deadline: float,
+    ) -> MatchResult:
+        [result] = await self._submit([MatchRequest(target, reference_id, points, debiased)], deadline,
+                                      [reference_id])
+        return _unwrap(result, MatchResult)
+
+    async def queue_depth(self) -> int:
+        """The stream backlog (0 while Redis is unreachable); refreshes ``insid3_dead_letters``."""
+        try:
+            depth = await self._queue.backlog()
+            DEAD_LETTERS.set(await self._queue.dead_letter_count())
+        except REDIS_DOWN:
+            return 0
+        return depth
+
+    # ---------------------------------------------------------------------------- plumbing
+
+    @contextlib.contextmanager
+    def _redis_errors(self) -> Iterator[None]:
+        """Redis being unreachable is a 503."""
+        try:
+            yield
+        except REDIS_DOWN as exc:
+            raise ModelUnavailable(f"Redis at {self._where} is unreachable: {exc}") from None
+
+    async def _submit(self, requests: Sequence[Request], deadline: float,
+                      reference_ids: Sequence[str] = ()) -> list[Result]:
+        """Queue one job per request (all or none) and wait for every answer until ``deadline``."""
+        if self._closing:
+            raise ModelUnavailable("the server is shutting down")
+        if deadline <= time.time():
+            raise DeadlineExceeded("the request's deadline passed before its job was queued")
+        jobs = [Job.new(request, deadline, self._inbox) for request in requests]
+        loop = asyncio.get_running_loop()
+        futures = {job.job_id: loop.create_future() for job in jobs}
+        self._waiting.update(futures)
+        try:
+            with self._redis_errors():
+                enqueued = await self._queue.enqueue(jobs, self._settings.max_queue, reference_ids)
+            if enqueued.backlog is not None:
+                retry = self._settings.retry_after_s
+                raise QueueFull(retry, f"the job queue is full ({enqueued.backlog} of {self._settings.max_queue} "
+                                       f"jobs waiting); retry in {retry:g} s")
+            if enqueued.missing_reference is not None:
+                raise ReferenceNotFound(enqueued.missing_reference)
+            if enqueued.no_worker:
+                raise ModelUnavailable(f"no worker is serving the job queue at {self._where}")
+            try:
+                async with asyncio.timeout(deadline - time.time()):
+                    return list(await asyncio.gather(*futures.values()))
+            except TimeoutError:
+                raise DeadlineExceeded("no worker answered before the request's deadline") from None
+        finally:
+            for job_id, future in futures.items():
+                self._waiting.pop(job_id, None)
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()  # marks a failure nobody awaited (gather stops at the first) as seen
+
+    async def _read_replies(self) -> None:
+        """Hand every reply in this process's inbox to the request waiting for it."""
+        backoff = Backoff()
+        while not self._closing:
+            try:
+                messages = await self._queue.pop_replies(self._inbox, REPLY_BLOCK_S)
+            except REDIS_DOWN as exc:
+                if self._closing:
+                    return
+                self._fail_waiting(ModelUnavailable(f"lost the connection to Redis at {self._where}: {exc}"))
+                delay = backoff.next_delay()
+                log.warning("Redis unavailable (%s); reconnecting in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            for message in messages:
+                try:
+                    job_id, result = decode_reply(message)
+                except ProtocolError as exc:
+                    log.error("dropped a corrupt reply: %s", exc)
+                    continue
+                future = self._waiting.pop(job_id, None)
+                if future is not None and not future.done():
+                    future.set_result(result)
+
+    def _fail_waiting(self, error: Insid3Error) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(error)

@@ -1,0 +1,167 @@
+"""``insid3 worker`` (a Redis Streams worker) and ``insid3 queue`` (stats, trim, dead letters)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from core.specs import MODEL_SIZES
+
+if TYPE_CHECKING:
+    from workers.protocol import Queue
+
+WORKER_OPTIONS = ("redis_url", "model_size", "weights", "image_size", "device", "max_batch", "max_wait_ms",
+                  "name", "metrics_port", "visibility_timeout_s", "max_attempts")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``worker`` and ``queue`` sub-commands."""
+    worker = subparsers.add_parser(
+        "worker", help="run a worker of the Redis job queue",
+        description="Serve jobs from the Redis stream fed by `insid3 serve --redis-url`. Every option is also "
+                    "settable as INSID3_<OPTION> in the environment; options given here win. SIGTERM drains.",
+    )
+    worker.add_argument("--redis-url", help="default redis://127.0.0.1:6379/0")
+    worker.add_argument("--model-size", choices=MODEL_SIZES, help="DINOv3 backbone (default large)")
+    worker.add_argument("--weights", help="weights file, or hub[:tag] (default: the official file in pretrain/)")
+    worker.add_argument("--image-size", type=int, help="side of the square images are resized to (default 1024)")
+    worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    worker.add_argument("--max-batch", type=int, help="jobs per encoder pass (default 8)")
+    worker.add_argument("--max-wait-ms", type=float, help="wait for a batch to fill after its first job (default 10)")
+    worker.add_argument("--name", help="consumer name (default host-pid)")
+    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    worker.add_argument("--visibility-timeout-s", type=float,
+                        help="reclaim jobs a worker has held this long (default 120; above the slowest batch)")
+    worker.add_argument("--max-attempts", type=int, help="tries before a job is dead-lettered (default 3)")
+    worker.set_defaults(handler=run_worker)
+
+    queue = subparsers.add_parser("queue", help="inspect and maintain the Redis job queue")
+    queue.add_argument("--redis-url", help="default: INSID3_REDIS_URL or redis://127.0.0.1:6379/0")
+    actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    stats = actions.add_parser("stats", help="backlog, pending jobs per consumer, dead letters, workers")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(handler=_queue_handler(_stats))
+    trim = actions.add_parser("trim", help="drop finished jobs, or everything but the newest N")
+    trim.add_argument("--maxlen", type=int,
+                      help="keep only the newest N entries, processed or not (default: drop processed ones)")
+    trim.add_argument("--clear-pending", action="store_true",
+                      help="with --maxlen: also acknowledge pending entries whose data was trimmed")
+    trim.set_defaults(handler=_queue_handler(_trim))
+    dead = actions.add_parser("dead-letters", help="list (or purge) dead-lettered jobs")
+    dead.add_argument("--count", type=int, default=20)
+    dead.add_argument("--purge", action="store_true", help="delete every dead letter")
+    dead.set_defaults(handler=_queue_handler(_dead_letters))
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Build the engine, then serve jobs until SIGTERM/SIGINT (exit 0 after draining)."""
+    import gc
+    import logging
+    import signal
+
+    from prometheus_client import start_http_server
+    from pydantic import ValidationError
+
+    from core.engine import Insid3
+    from workers.protocol import connect
+    from workers.settings import WorkerSettings
+    from workers.worker import Worker
+
+    overrides = {name: getattr(args, name) for name in WORKER_OPTIONS if getattr(args, name) is not None}
+    try:
+        settings = WorkerSettings(**overrides)
+    except ValidationError as exc:
+        print(f"insid3 worker: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
+    engine = Insid3.build(**settings.engine_kwargs())
+    gc.collect()
+    gc.freeze()  # the model's many long-lived objects out of the collector's way: no 100 ms+ gen-2 pauses
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port)
+
+    async def serve() -> None:
+        client = connect(settings.redis_url)
+        worker = Worker(settings, engine, client)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, worker.stop)
+        logging.getLogger("insid3.worker").info(
+            "worker %s ready: %s at %d on %s, max batch %d", settings.name, engine.model_id,
+            engine.image_size, engine.device, settings.max_batch)
+        try:
+            await worker.run()
+        finally:
+            await client.aclose()
+
+    asyncio.run(serve())
+    return 0
+
+
+QueueAction = Callable[["Queue", argparse.Namespace], Awaitable[int]]
+
+
+def _queue_handler(action: QueueAction) -> Callable[[argparse.Namespace], int]:
+    """A handler running ``action(queue, args)`` on a client of ``--redis-url``."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        from workers.protocol import Queue, connect
+        from workers.settings import WorkerSettings
+
+        url = args.redis_url or WorkerSettings().redis_url
+
+        async def run() -> int:
+            client = connect(url)
+            try:
+                return await action(Queue(client), args)
+            finally:
+                await client.aclose()
+
+        try:
+            return asyncio.run(run())
+        except RedisConnectionError as exc:
+            print(f"insid3 queue: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+            return 1
+
+    return handler
+
+
+async def _stats(queue: Queue, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    stats = await queue.stats()
+    if args.json:
+        print(json.dumps(asdict(stats), indent=2))
+        return 0
+    print(f"stream {queue.keys.stream}: {stats.length} entries, backlog {stats.backlog}, "
+          f"pending {stats.pending}, dead letters {stats.dead_letters}")
+    for consumer in stats.consumers:
+        print(f"  consumer {consumer.name}: {consumer.pending} pending, idle {consumer.idle_ms / 1000:.1f} s")
+    for worker in stats.workers:
+        print(f"  worker {worker['name']} (pid {worker['pid']} on {worker['host']}): {worker['model']} at "
+              f"{worker['image_size']} on {worker['device']}, {worker['batches']} batches, {worker['jobs']} jobs")
+    return 0
+
+
+async def _trim(queue: Queue, args: argparse.Namespace) -> int:
+    if args.maxlen is None:
+        print(f"removed {await queue.trim_acked()} processed entries")
+        return 0
+    trimmed, cleared = await queue.trim(args.maxlen, args.clear_pending)
+    print(f"removed {trimmed} entries; acknowledged {cleared} pending entries left without data")
+    return 0
+
+
+async def _dead_letters(queue: Queue, args: argparse.Namespace) -> int:
+    if args.purge:
+        print(f"deleted {await queue.purge_dead_letters()} dead letters")
+        return 0
+    for entry_id, fields in await queue.dead_letters(args.count):
+        print(json.dumps({"id": entry_id, **fields}))
+    return 0
