@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -61,6 +62,8 @@ class EmbeddedBackend:
             self._problem = f"the model could not be loaded: {type(exc).__name__}: {exc}"
             log.exception("engine build failed")
             return
+        gc.collect()
+        gc.freeze()  # the model's long-lived objects out of the collector's way: no 100 ms+ gen-2 pauses
         settings = self._settings
         self._batcher = BatchingLoop(
             partial(run_batch, engine), settings.max_batch, settings.max_wait_ms / 1000.0,
