@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from core.specs import MODEL_SIZES
 
@@ -32,17 +31,11 @@ def serve(args: argparse.Namespace) -> int:
     import logging
 
     import uvicorn
-    from pydantic import ValidationError
 
     from app.main import create_app
     from app.settings import Settings
 
-    overrides = {name: getattr(args, name) for name in SERVE_OPTIONS if getattr(args, name) is not None}
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        print(f"insid3 serve: invalid settings:\n{exc}", file=sys.stderr)
-        return 2
+    settings = Settings.from_args(args, SERVE_OPTIONS)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,

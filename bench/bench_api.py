@@ -16,8 +16,6 @@ machine the spread between them shows how much noise there is).
 from __future__ import annotations
 
 import argparse
-import io
-import socket
 import statistics
 import tempfile
 import threading
@@ -25,30 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-from PIL import Image
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _scene(seed: int, height: int = 480, width: int = 640) -> tuple[bytes, bytes]:
-    """A red disc on noise, as PNG bytes of the image and of its mask."""
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-    rows, cols = np.mgrid[:height, :width]
-    mask = (rows - height // 2) ** 2 + (cols - width // 2 + seed * 9) ** 2 < (height // 5) ** 2
-    image[mask] = (200, 40, 40)
-    return _png(image), _png(mask.astype(np.uint8) * 255)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from scenes import disc_scene, free_port
 
 
 class _ServerThread:
@@ -105,11 +80,11 @@ def main() -> None:
         workdir = Path(tmp)
         weights = workdir / f"random_{args.model_size}.pth"
         make_checkpoint(args.model_size, weights, seed=0)
-        reference, mask = _scene(1)
-        target, _ = _scene(2)
+        reference, mask = disc_scene(1, 480, 640)
+        target, _ = disc_scene(2, 480, 640)
 
         settings = Settings(model_size=args.model_size, weights=str(weights), image_size=args.image_size,
-                            device=args.device, basis_cache_dir=workdir / "basis", port=_free_port())
+                            device=args.device, basis_cache_dir=workdir / "basis", port=free_port())
         engine = Insid3.build(**settings.engine_kwargs())
         features = engine.encode_reference(reference, mask)
         with _ServerThread(settings) as url, httpx.Client(base_url=url, timeout=300) as client:

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,32 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
-from PIL import Image
+from scenes import disc_scene, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _scene(seed: int, height: int = 240, width: int = 320) -> tuple[bytes, bytes]:
-    """A red disc on noise, as PNG bytes of the image and of its mask."""
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-    rows, cols = np.mgrid[:height, :width]
-    mask = (rows - height // 2) ** 2 + (cols - width // 2 + seed * 9) ** 2 < (height // 5) ** 2
-    image[mask] = (200, 40, 40)
-    return _png(image), _png(mask.astype(np.uint8) * 255)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def service_cores() -> set[int]:
@@ -190,7 +165,7 @@ def run_mode(mode: str, workers: int, args: argparse.Namespace, weights: Path, w
               "--device", "cpu"]
     logs = workdir / mode
     logs.mkdir()
-    port = _free_port()
+    port = free_port()
     redis_url = None
     with ExitStack() as stack:
         processes = Processes(logs, env)
@@ -198,7 +173,7 @@ def run_mode(mode: str, workers: int, args: argparse.Namespace, weights: Path, w
         if workers == 0:
             processes.insid3("api", ["serve", "--port", str(port), *engine], core=0)
         else:
-            redis_port = _free_port()
+            redis_port = free_port()
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
             processes.start("redis", [shutil.which("redis-server") or "redis-server", "--port", str(redis_port),
                                       "--save", "", "--appendonly", "no"], processes.service_cores)
@@ -211,8 +186,8 @@ def run_mode(mode: str, workers: int, args: argparse.Namespace, weights: Path, w
         _wait(f"{url}/readyz", f"{mode} API")
         if workers > 1:  # readiness needs one live worker: wait for all of them
             _wait_workers(redis_url, workers)
-        image, mask = _scene(1)
-        target, _ = _scene(2)
+        image, mask = disc_scene(1, 240, 320)
+        target, _ = disc_scene(2, 240, 320)
         created = httpx.post(f"{url}/references", files={"image": image, "mask": mask}, timeout=120)
         created.raise_for_status()
         reference_id = created.json()["reference_id"]

@@ -5,10 +5,15 @@ Every field is settable from the environment as ``INSID3_<FIELD>`` (e.g. ``INSID
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Self
 
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.errors import ConfigurationError
 from core.specs import DEFAULT_MODEL_SIZE
 
 
@@ -28,6 +33,15 @@ class EngineSettings(BaseSettings):
     basis_cache_dir: Path = Path.home() / ".cache" / "insid3" / "basis"
     cache_bytes: int = 1 << 30  # in-process LRU of reference features
     max_pixels: int = 64_000_000  # decoded pixel limit per image (decompression bombs)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, names: Iterable[str]) -> Self:
+        """The environment's settings with the command-line options that were given on top."""
+        overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigurationError(f"invalid settings:\n{exc}") from None
 
     def engine_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``Insid3.build``."""

@@ -64,19 +64,13 @@ def run_worker(args: argparse.Namespace) -> int:
     import signal
 
     from prometheus_client import start_http_server
-    from pydantic import ValidationError
 
     from core.engine import Insid3
     from workers.protocol import connect
     from workers.settings import WorkerSettings
     from workers.worker import Worker
 
-    overrides = {name: getattr(args, name) for name in WORKER_OPTIONS if getattr(args, name) is not None}
-    try:
-        settings = WorkerSettings(**overrides)
-    except ValidationError as exc:
-        print(f"insid3 worker: invalid settings:\n{exc}", file=sys.stderr)
-        return 2
+    settings = WorkerSettings.from_args(args, WORKER_OPTIONS)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
     engine = Insid3.build(**settings.engine_kwargs())
     gc.collect()
