@@ -121,3 +121,17 @@ def test_svd_components_defaults_leave_most_channels_and_impossible_values_fail(
 def test_unknown_model_size_lists_the_valid_ones() -> None:
     with pytest.raises(ConfigurationError, match="large"):
         get_spec("gigantic")
+
+
+@pytest.mark.parametrize("model_size", ["small", "small_plus", "base", "large"])
+def test_released_architectures_load_official_layout_checkpoints_strictly(model_size: str) -> None:
+    """The spec table, the checkpoint layout and timm's model agree for the real sizes."""
+    from core.backbone import create_model, load_state_dict_into
+
+    spec = get_spec(model_size)
+    model = create_model(spec)
+    load_state_dict_into(model, spec, random_state_dict(model_size, seed=0), model_size)
+    with torch.no_grad():
+        features = model.eval().forward_intermediates(
+            torch.randn(1, 3, 32, 48), indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)[0]
+    assert features.shape == (1, spec.embed_dim, 2, 3)
