@@ -24,6 +24,7 @@ python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-extras="crf"
-$dev && extras="crf,dev"
-.venv/bin/pip install -q -e ".[$extras]"
+# The service needs no extra; the tests also cover CRF refinement (crf compiles pydensecrf2).
+target="."
+$dev && target=".[crf,dev]"
+.venv/bin/pip install -q -e "$target"
