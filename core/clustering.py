@@ -10,9 +10,10 @@ sklearn passes the upper triangle of the float32 ``D`` to scipy's average linkag
 Lance-Williams updates); it keeps the merges whose height is ``< 1 - tau`` and labels their
 components.  Two ways to get that partition:
 
-* on CPU up to ``_CHAIN_MAX_PATCHES`` patches, the same scipy call on the condensed matrix, without
-  sklearn's overhead (exactly sklearn's computation);
-* otherwise (large grids, accelerators) parallel reciprocal-nearest-neighbour merging in torch.
+* on CPU, scipy's nearest-neighbour chain compiled with numba (same visiting order, ties and
+  float64 Lance-Williams arithmetic as scipy, on a dense symmetric matrix with lazily synchronised
+  columns and compaction);
+* on accelerators, parallel reciprocal-nearest-neighbour merging in torch.
   Average linkage is reducible, so all pairs of mutual nearest neighbours below the threshold can
   merge in the same round: the dendrogram is the one of scipy's nearest-neighbour chain up to the
   resolution of exact ties.  Distances are Lance-Williams updated in float64 like scipy's, and a
@@ -29,15 +30,11 @@ base is gone.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
-from scipy.cluster.hierarchy import linkage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial.distance import squareform
 
 _INF = float("inf")
-_CHAIN_MAX_PATCHES = 2560  # on CPU, scipy's compiled chain beats the torch rounds up to this size
 _MIRROR_BLOCK = 256  # rows per block when mirroring the upper triangle
 _CHUNK_BYTES = 1 << 23  # CPU working set of one chunk of rows (fits the last-level cache)
 _COMPACT_AT = 0.5  # start a new phase when this fraction of the base clusters is still alive
@@ -56,20 +53,27 @@ def cluster_patches(features: torch.Tensor, tau: float) -> torch.Tensor:
     if n <= 1 or threshold <= 0.0:
         return torch.arange(n, device=device)
     dist = _cosine_distances(features)
-    if device.type == "cpu" and n <= _CHAIN_MAX_PATCHES:
+    if device.type == "cpu":
         return _chain_labels(dist, threshold)
     return _round_labels(dist, threshold)
 
 
+def warm_up() -> None:
+    """Compile the CPU kernel now (about 1.6 s without numba's disk cache), not on the first request."""
+    cluster_patches(torch.eye(3), 0.5)
+
+
 def _chain_labels(dist: torch.Tensor, threshold: float) -> torch.Tensor:
-    """sklearn's computation: scipy's average linkage on the condensed upper triangle, cut."""
-    n = dist.shape[0]
-    merges = linkage(squareform(dist.numpy(), checks=False), method="average")  # sorted by height
-    kept = merges[: int(np.count_nonzero(merges[:, 2] < threshold)), :2].astype(np.int64)
-    nodes = np.tile(n + np.arange(len(kept)), 2)
-    graph = coo_matrix((np.ones(len(nodes)), (nodes, kept.T.reshape(-1))), shape=(2 * n - 1, 2 * n - 1))
-    labels = connected_components(graph, directed=False)[1][:n]
-    return torch.from_numpy(np.unique(labels, return_inverse=True)[1].astype(np.int64))
+    """sklearn's computation: scipy's average-linkage nearest-neighbour chain, cut at ``threshold``.
+
+    Compiled on a dense symmetric float64 matrix with the same visiting order, tie-breaking and
+    Lance-Williams arithmetic as scipy, hence the same merges and bitwise the same heights. Reads
+    the upper triangle of ``dist``, which it overwrites with the symmetric matrix.
+    """
+    _mirror_upper(dist)
+    dense = np.empty(dist.shape, dtype=np.float64)
+    np.copyto(dense, dist.numpy())
+    return torch.from_numpy(_chain_cut(dense, float(threshold)))
 
 
 def _round_labels(dist: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -334,3 +338,133 @@ class _State:
         self.nn = torch.cat([nn, nn.new_zeros(slots)])
         self.nnd = torch.cat([nnd, nnd.new_full((slots,), _INF)])
         self.origin = torch.cat([origin, origin.new_zeros(slots)])
+
+
+def _jit(func):
+    """``numba.njit`` with an on-disk cache when a cache directory is writable, without otherwise."""
+    try:
+        return numba.njit(cache=True, nogil=True)(func)
+    except RuntimeError:  # no writable cache location: compile at first call in every process
+        return numba.njit(nogil=True)(func)
+
+
+
+@_jit
+def _find(parent, i):
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+@_jit
+def _sync(dist, x, size, log, log_len, last, synced):
+    row = dist[x]
+    for t in range(synced[x], log_len):
+        z = log[t]
+        if last[z] == t and size[z] > 0 and z != x:
+            row[z] = dist[z, x]
+    synced[x] = log_len
+
+@_jit
+def _chain_cut(dist, threshold):
+    n = dist.shape[0]
+    m = n
+    size = np.ones(n, np.float64)
+    origin = np.arange(n)
+    parent = np.arange(n)
+    chain = np.empty(n, np.int64)
+    chain_length = 0
+    alive = n
+    y = 0
+    log = np.empty(n, np.int64)
+    last = np.full(n, -1, np.int64)
+    synced = np.zeros(n, np.int64)
+    log_len = 0
+    for _ in range(n - 1):
+        if alive <= m // 2 and m > 64:
+            for i in range(m):
+                if size[i] > 0:
+                    _sync(dist, i, size, log, log_len, last, synced)
+            log_len = 0
+            last[:] = -1
+            synced[:] = 0
+            keep = np.empty(alive, np.int64)
+            new_pos = np.full(m, -1, np.int64)
+            c = 0
+            for i in range(m):
+                if size[i] > 0:
+                    keep[c] = i
+                    new_pos[i] = c
+                    c += 1
+            packed = np.empty((alive, alive), np.float64)
+            for a in range(alive):
+                row = dist[keep[a]]
+                out = packed[a]
+                for b in range(alive):
+                    out[b] = row[keep[b]]
+            dist = packed
+            size = size[keep]
+            origin = origin[keep]
+            for j in range(chain_length):
+                chain[j] = new_pos[chain[j]]
+            m = alive
+        if chain_length == 0:
+            chain_length = 1
+            for i in range(m):
+                if size[i] > 0:
+                    chain[0] = i
+                    break
+        while True:
+            x = chain[chain_length - 1]
+            _sync(dist, x, size, log, log_len, last, synced)
+            if chain_length > 1:
+                y = chain[chain_length - 2]
+                current = dist[x, y]
+            else:
+                current = np.inf
+            row = dist[x]
+            for i in range(m):
+                if size[i] == 0 or i == x:
+                    continue
+                d = row[i]
+                if d < current:
+                    current = d
+                    y = i
+            if chain_length > 1 and y == chain[chain_length - 2]:
+                break
+            chain[chain_length] = y
+            chain_length += 1
+        chain_length -= 2
+        if x > y:
+            x, y = y, x
+        _sync(dist, x, size, log, log_len, last, synced)
+        _sync(dist, y, size, log, log_len, last, synced)
+        nx = size[x]
+        ny = size[y]
+        if current < threshold:
+            parent[_find(parent, origin[x])] = _find(parent, origin[y])
+        size[x] = 0.0
+        size[y] = nx + ny
+        alive -= 1
+        total = nx + ny
+        rx = dist[x]
+        ry = dist[y]
+        for i in range(m):
+            if size[i] == 0 or i == y:
+                continue
+            v = (nx * rx[i] + ny * ry[i]) / total
+            ry[i] = v
+        log[log_len] = y
+        last[y] = log_len
+        log_len += 1
+        synced[y] = log_len
+    labels = np.empty(n, np.int64)
+    first = np.full(n, -1, np.int64)
+    k = 0
+    for i in range(n):
+        r = _find(parent, i)
+        if first[r] < 0:
+            first[r] = k
+            k += 1
+        labels[i] = first[r]
+    return labels

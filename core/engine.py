@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import metrics
+from core import clustering, metrics
 from core.backbone import LoadedBackbone, extract_features, load_backbone
 from core.cache import ReferenceCache, reference_key
 from core.debias import debias, load_or_build_basis, normalize_channels
@@ -144,6 +144,8 @@ class Insid3:
             require_crf()
         resolved_device = resolve_device(device)
         dtype = resolve_precision(precision, resolved_device)
+        if resolved_device.type == "cpu":
+            clustering.warm_up()
         cache_dir = Path(basis_cache_dir) if basis_cache_dir else None
         backbone = load_backbone(spec, None if weights is None else str(weights), weights_tag, Path(pretrain_dir),
                                  cache_dir / "hashes" if cache_dir else None)
