@@ -144,12 +144,12 @@ class Insid3:
             require_crf()
         resolved_device = resolve_device(device)
         dtype = resolve_precision(precision, resolved_device)
-        if resolved_device.type == "cpu":
-            clustering.warm_up()
         cache_dir = Path(basis_cache_dir) if basis_cache_dir else None
         backbone = load_backbone(spec, None if weights is None else str(weights), weights_tag, Path(pretrain_dir),
                                  cache_dir / "hashes" if cache_dir else None)
         backbone.model.to(resolved_device)
+        if resolved_device.type == "cpu":
+            clustering.warm_up()  # after the weights: a missing file is reported at once
         options = EngineOptions(
             image_size=image_size, svd_components=components, tau=tau, merge_threshold=merge_threshold,
             resize_to_original=resize_to_original, crf=crf, max_pixels=max_pixels,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -25,9 +26,19 @@ def missing_model(start_server):
         yield http
 
 
+def _settled_reason(http: httpx.Client, timeout_s: float = 60.0) -> str:
+    """The /readyz 503 reason once the background model build has given up (no longer "loading")."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reason = assert_error(http.get("/readyz"), 503, "model_unavailable")["detail"]
+        if not reason.startswith("the model is loading") or time.monotonic() > deadline:
+            return reason
+        time.sleep(0.05)
+
+
 def test_missing_model_keeps_running_and_says_why(missing_model):
     assert missing_model.get("/healthz").status_code == 200
-    reason = assert_error(missing_model.get("/readyz"), 503, "model_unavailable")["detail"]
+    reason = _settled_reason(missing_model)
     assert "dinov3_vits16_pretrain_lvd1689m-08c60483.pth" in reason and "pretrain" in reason
     assert "--weights" in reason  # how to get them
     for response in (
