@@ -15,6 +15,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from evaluation.errors import DatasetNotFoundError
+from evaluation.sampling import draw, draw_references
 
 
 @dataclass
@@ -57,6 +58,22 @@ class SegmentationDataset(ABC):
     @abstractmethod
     def episode(self, index: int, rng: np.random.RandomState) -> Episode:
         """Episode ``index``; call it for 0, 1, 2, ... with the run's single RNG."""
+
+
+class FileListDataset(SegmentationDataset):
+    """A benchmark whose episode is a target and its references drawn from one list of files."""
+
+    shot: int
+
+    @abstractmethod
+    def _sample(self, path: Path) -> Sample:
+        """The image and mask of one listed file."""
+
+    def _file_episode(self, index: int, class_id: int, pool: list[Path], rng: np.random.RandomState) -> Episode:
+        """Target = choice(pool), then the reference loop on the same pool (duplicates allowed)."""
+        target = draw(rng, pool)
+        refs = list(draw_references(rng, pool, self.shot, lambda p: p == target))
+        return Episode(index, class_id, self._sample(target), [self._sample(p) for p in refs])
 
 
 def missing(path: Path, dataset: str, kind: str, hint: str = "") -> DatasetNotFoundError:

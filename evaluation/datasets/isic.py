@@ -8,8 +8,8 @@ import numpy as np
 
 from evaluation.datasets.base import (
     Episode,
+    FileListDataset,
     Sample,
-    SegmentationDataset,
     open_image,
     read_binary_mask,
     require_dir,
@@ -17,14 +17,13 @@ from evaluation.datasets.base import (
     sorted_glob,
 )
 from evaluation.errors import DatasetFormatError
-from evaluation.sampling import draw, draw_references
 
 LABEL = "ISIC"
 EPISODES = 600
 CATEGORIES = ("1", "2", "3")
 
 
-class IsicDataset(SegmentationDataset):
+class IsicDataset(FileListDataset):
     """``ISIC/ISIC2018_Task1-2_Training_Input/{1,2,3}`` and ``ISIC/ISIC2018_Task1_Training_GroundTruth``."""
 
     name = "isic"
@@ -54,7 +53,4 @@ class IsicDataset(SegmentationDataset):
 
     def episode(self, index: int, rng: np.random.RandomState) -> Episode:
         class_id = index % len(CATEGORIES)
-        pool = self.images_of[class_id]
-        target = draw(rng, pool)
-        refs = list(draw_references(rng, pool, self.shot, lambda p: p == target))
-        return Episode(index, class_id, self._sample(target), [self._sample(p) for p in refs])
+        return self._file_episode(index, class_id, self.images_of[class_id], rng)

@@ -8,8 +8,8 @@ import numpy as np
 
 from evaluation.datasets.base import (
     Episode,
+    FileListDataset,
     Sample,
-    SegmentationDataset,
     open_image,
     read_binary_mask,
     require_dir,
@@ -17,14 +17,13 @@ from evaluation.datasets.base import (
     sorted_glob,
 )
 from evaluation.errors import DatasetFormatError
-from evaluation.sampling import draw, draw_references
 
 LABEL = "Chest X-ray"
 EPISODES = 600
 SHENZHEN_SUFFIX = len("_mask.png")
 
 
-class LungDataset(SegmentationDataset):
+class LungDataset(FileListDataset):
     """``LungSegmentation/CXR_png`` (images) and ``LungSegmentation/masks``."""
 
     name = "lung"
@@ -50,6 +49,4 @@ class LungDataset(SegmentationDataset):
         return Sample(name, image, read_binary_mask(mask_path, LABEL))
 
     def episode(self, index: int, rng: np.random.RandomState) -> Episode:
-        target = draw(rng, self.masks)
-        refs = list(draw_references(rng, self.masks, self.shot, lambda p: p == target))
-        return Episode(index, 0, self._sample(target), [self._sample(p) for p in refs])
+        return self._file_episode(index, 0, self.masks, rng)

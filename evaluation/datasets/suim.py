@@ -8,21 +8,20 @@ import numpy as np
 
 from evaluation.datasets.base import (
     Episode,
+    FileListDataset,
     Sample,
-    SegmentationDataset,
     open_image,
     read_binary_mask,
     require_dir,
     sorted_glob,
 )
 from evaluation.errors import DatasetFormatError
-from evaluation.sampling import draw, draw_references
 
 LABEL = "SUIM"
 CATEGORIES = ("FV", "HD", "PF", "RI", "RO", "SR", "WR")
 
 
-class SuimDataset(SegmentationDataset):
+class SuimDataset(FileListDataset):
     """``SUIM/images/<stem>.jpg`` and ``SUIM/masks/<category>/<stem>.<ext>``."""
 
     name = "suim"
@@ -50,7 +49,4 @@ class SuimDataset(SegmentationDataset):
 
     def episode(self, index: int, rng: np.random.RandomState) -> Episode:
         class_id = index % len(CATEGORIES)
-        pool = self.masks_of[class_id]
-        target = draw(rng, pool)
-        refs = list(draw_references(rng, pool, self.shot, lambda p: p == target))
-        return Episode(index, class_id, self._sample(target), [self._sample(p) for p in refs])
+        return self._file_episode(index, class_id, self.masks_of[class_id], rng)
