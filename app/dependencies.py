@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
-from app.backend import InferenceBackend
 from app.settings import Settings
+from core.serving import InferenceBackend
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when INSID3_API_KEYS is set.")
 

@@ -13,7 +13,6 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from app.backend import DeadlineExceeded, ModelUnavailable, QueueFull, ReferenceNotFound
 from core.errors import (
     ConfigurationError,
     EmptyMaskError,
@@ -26,6 +25,7 @@ from core.errors import (
     MissingExtraError,
     WeightsError,
 )
+from core.serving import DeadlineExceeded, ModelUnavailable, QueueFull, ReferenceNotFound
 
 log = logging.getLogger("insid3.app")
 

@@ -9,7 +9,6 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from app.backend import InferenceBackend
 from app.dependencies import require_api_key
 from app.errors import install_error_handlers
 from app.metrics import MetricsMiddleware
@@ -17,6 +16,7 @@ from app.middleware import BodyLimitMiddleware
 from app.routes import health, match, metrics, page, references, segment
 from app.routes.page import STATIC_DIR
 from app.settings import Settings
+from core.serving import InferenceBackend
 
 DESCRIPTION = """Training-free in-context segmentation (INSID3) on a frozen DINOv3 backbone.
 
@@ -28,9 +28,11 @@ targets with `POST /segment` or match points with `POST /match`. Every error is
 def make_backend(settings: Settings) -> InferenceBackend:
     """The Redis worker pool when ``redis_url`` is set, else the engine in this process."""
     if settings.redis_url:
-        from workers.client import RedisBackend
+        from workers.client import QueueLimits, RedisBackend
 
-        return RedisBackend(settings)
+        limits = QueueLimits(settings.max_queue, settings.retry_after_s, settings.reference_ttl_s,
+                             settings.request_timeout_s)
+        return RedisBackend(settings.redis_url, limits)
     from app.backends.embedded import EmbeddedBackend
 
     return EmbeddedBackend(settings)

@@ -2,11 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Literal, Self
 
 from pydantic import BaseModel, Field
 
+from core.serving import ReferencePage, StoredReference
+
 SegmentFormat = Literal["rle", "png", "polygons", "overlay"]
+
+
+class ReferenceInfo(BaseModel):
+    """What the service knows about a stored reference (never the features themselves)."""
+
+    reference_id: str = Field(description="Content hash of the image, mask and engine configuration.")
+    name: str | None = Field(default=None, description="Free-form label given at creation.")
+    width: int = Field(description="Width of the reference image in pixels.")
+    height: int = Field(description="Height of the reference image in pixels.")
+    mask_area: int = Field(description="Foreground pixels of the mask as uploaded (0: match-only reference).")
+    model: str = Field(description="The engine's model id, e.g. dinov3_vitl16-0123456789ab.")
+    image_size: int = Field(description="Side of the square the engine resizes images to.")
+    created_at: datetime
+    expires_at: datetime | None = Field(default=None, description="None: never expires.")
+
+    @classmethod
+    def of(cls, record: StoredReference) -> Self:
+        return cls(
+            reference_id=record.reference_id, name=record.name, width=record.width, height=record.height,
+            mask_area=record.mask_area, model=record.model, image_size=record.image_size,
+            created_at=record.created_at, expires_at=record.expires_at,
+        )
+
+
+class ReferenceList(BaseModel):
+    """One page of references, newest first."""
+
+    items: list[ReferenceInfo]
+    total: int
+    offset: int
+    limit: int
+
+    @classmethod
+    def of(cls, page: ReferencePage) -> Self:
+        return cls(items=[ReferenceInfo.of(r) for r in page.items], total=page.total, offset=page.offset,
+                   limit=page.limit)
 
 
 class RLE(BaseModel):

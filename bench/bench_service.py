@@ -135,10 +135,11 @@ async def _closed_loop(url: str, reference_id: str, target: bytes, concurrency: 
 
 async def _max_backlog(redis_url: str, stop: asyncio.Event) -> int:
     """The largest stream backlog seen while ``stop`` is unset."""
-    from workers.protocol import Queue, connect
+    from workers.connection import connect
+    from workers.producer import Producer
 
     client = connect(redis_url)
-    queue, largest = Queue(client), 0
+    queue, largest = Producer(client), 0
     while not stop.is_set():
         largest = max(largest, await queue.backlog())
         await asyncio.sleep(0.02)

@@ -12,7 +12,7 @@ points = engine.match(target, ref_or_image, keypoints)
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,8 @@ from core.images import (
     resize_square,
 )
 from core.pipeline import downsample_mask, match_keypoints, segment_grid, upsample_mask
+from core.requests import MatchRequest, ReferenceRequest, Request, SegmentRequest, reference_ids
+from core.serving import ReferenceNotFound
 from core.specs import PATCH_SIZE, get_spec, resolve_svd_components
 from core.types import EncodedImage, MatchResult, ReferenceFeatures, SegmentationResult
 
@@ -98,6 +100,30 @@ class PreparedReference:
     image: Image.Image
     mask: torch.Tensor | None
     mask_area: int
+
+
+@dataclass(frozen=True)
+class _PreparedReference:
+    """A reference request decoded and validated, with its content hash."""
+
+    key: str
+    reference: PreparedReference
+
+    @property
+    def image(self) -> Image.Image:
+        return self.reference.image
+
+
+@dataclass(frozen=True)
+class _PreparedTarget:
+    """A target decoded, with the checked references its request names."""
+
+    image: Image.Image
+    references: list[ReferenceFeatures]
+
+
+_Prepared = _PreparedReference | _PreparedTarget
+Outcome = ReferenceFeatures | SegmentationResult | MatchResult | Exception
 
 
 class Insid3:
@@ -297,7 +323,7 @@ class Insid3:
         encode_ms = (time.perf_counter() - start) * 1000.0 / max(len(encoded), 1)
         results = []
         for item in encoded:
-            result = self.segment_encoded(item, references, tau, merge_threshold)
+            result = self._segment(item, references, tau, merge_threshold)
             result.timings["encode_ms"] = encode_ms
             results.append(result)
         return results
@@ -306,6 +332,11 @@ class Insid3:
                         tau: float | None = None, merge_threshold: float | None = None) -> SegmentationResult:
         """The pipeline on an already-encoded target."""
         references = [self.check_reference(r) for r in self._require_references(references)]
+        return self._segment(target, references, tau, merge_threshold)
+
+    def _segment(self, target: EncodedImage, references: Sequence[ReferenceFeatures],
+                 tau: float | None, merge_threshold: float | None) -> SegmentationResult:
+        """The pipeline with references already checked and on this device."""
         start = time.perf_counter()
         trace = segment_grid(
             target.features, target.debiased, [r.debiased for r in references],
@@ -328,7 +359,7 @@ class Insid3:
             "pipeline_ms": (time.perf_counter() - start) * 1000.0,
             "clustering_ms": trace.clustering_ms,
         }
-        return SegmentationResult(mask.cpu().numpy(), score, timings, kept.cpu().numpy())
+        return SegmentationResult(mask.cpu().numpy(), score, timings)
 
     @staticmethod
     def _require_references(references: Sequence[ReferenceFeatures]) -> Sequence[ReferenceFeatures]:
@@ -348,7 +379,11 @@ class Insid3:
     def match_encoded(self, target: EncodedImage, reference: ReferenceFeatures,
                       keypoints: Sequence[Sequence[float]] | np.ndarray, debiased: bool = True) -> MatchResult:
         """Matching on an already-encoded target."""
-        reference = self.check_reference(reference)
+        return self._match(target, self.check_reference(reference), keypoints, debiased)
+
+    def _match(self, target: EncodedImage, reference: ReferenceFeatures,
+               keypoints: Sequence[Sequence[float]] | np.ndarray, debiased: bool) -> MatchResult:
+        """Matching with the reference already checked and on this device."""
         points = np.asarray(keypoints, dtype=np.float32)
         if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] == 0 or not np.isfinite(points).all():
             raise InvalidInputError("keypoints must be a non-empty list of finite [x, y] pairs")
@@ -361,3 +396,79 @@ class Insid3:
         )
         timings = {"pipeline_ms": (time.perf_counter() - start) * 1000.0}
         return MatchResult(matched.cpu().numpy(), confidence.clamp(-1, 1).cpu().numpy(), timings)
+
+    # ------------------------------------------------------------------------------- batches
+
+    def run_batch(self, requests: Sequence[Request],
+                  references: Mapping[str, ReferenceFeatures]) -> list[Outcome]:
+        """Run ``requests`` with one encoder pass over all their images; one outcome per request,
+        in order. ``references`` holds the stored references they name (each checked once here).
+        Any failure (a bad input, an engine bug) is that request's outcome alone."""
+        checked: dict[str, ReferenceFeatures | Exception] = {}
+        outcomes: dict[int, Outcome] = {}
+        pending: list[tuple[int, _Prepared]] = []
+        for index, request in enumerate(requests):
+            try:
+                prepared = self._prepare(request, references, checked)
+            except Exception as error:
+                outcomes[index] = error
+                continue
+            if isinstance(prepared, ReferenceFeatures):
+                outcomes[index] = prepared  # an identical reference is cached
+            else:
+                pending.append((index, prepared))
+        encoded = self._encode_each([prepared.image for _, prepared in pending])
+        for (index, prepared), features in zip(pending, encoded, strict=True):
+            try:
+                if isinstance(features, Exception):
+                    raise features
+                outcomes[index] = self._finish(requests[index], prepared, features)
+            except Exception as error:
+                outcomes[index] = error
+        return [outcomes[index] for index in range(len(requests))]
+
+    def _prepare(self, request: Request, references: Mapping[str, ReferenceFeatures],
+                 checked: dict[str, ReferenceFeatures | Exception]) -> _Prepared | ReferenceFeatures:
+        """Decode and validate a request's input before the shared encoder pass."""
+        if isinstance(request, ReferenceRequest):
+            key = request.key or self.reference_key(request.image, request.mask)
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached
+            return _PreparedReference(key, self.prepare_reference(request.image, request.mask))
+        for reference_id in reference_ids(request):
+            if reference_id not in checked:
+                try:
+                    if reference_id not in references:
+                        raise ReferenceNotFound(reference_id)
+                    checked[reference_id] = self.check_reference(references[reference_id])
+                except Exception as error:
+                    checked[reference_id] = error
+            if isinstance(checked[reference_id], Exception):
+                raise checked[reference_id]
+        return _PreparedTarget(load_image(request.target, self.options.max_pixels),
+                               [checked[r] for r in reference_ids(request)])
+
+    def _encode_each(self, images: Sequence[Image.Image]) -> list[EncodedImage | Exception]:
+        """``encode_decoded`` over all images; when that fails, each image alone so a failure is its own."""
+        try:
+            return list(self.encode_decoded(images))
+        except Exception:
+            if len(images) <= 1:
+                raise
+        outcomes: list[EncodedImage | Exception] = []
+        for image in images:
+            try:
+                outcomes += self.encode_decoded([image])
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
+
+    def _finish(self, request: Request, prepared: _Prepared, encoded: EncodedImage) -> Outcome:
+        """The per-request pipeline after the encoder pass."""
+        if isinstance(prepared, _PreparedReference):
+            return self.finish_reference(prepared.key, prepared.reference, encoded)
+        if isinstance(request, SegmentRequest):
+            return self._segment(encoded, prepared.references, request.tau, request.merge_threshold)
+        assert isinstance(request, MatchRequest)
+        return self._match(encoded, prepared.references[0], request.points, request.debiased)

@@ -90,7 +90,6 @@ class SegmentationResult:
     mask: np.ndarray  # (H, W) bool
     score: float  # mean cosine similarity of the predicted patches to the prototype (0 when empty)
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
-    grid_mask: np.ndarray | None = None  # (h, w) bool, the feature-resolution prediction
 
     @property
     def area(self) -> int:

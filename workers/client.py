@@ -14,42 +14,29 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from prometheus_client import Gauge
 
-from app.backend import (
-    BackendError,
+from core.errors import Insid3Error
+from core.requests import MatchRequest, ReferenceRequest, Request, SegmentRequest
+from core.serving import (
     DeadlineExceeded,
     ModelUnavailable,
     QueueFull,
-    ReferenceInfo,
     ReferenceNotFound,
     ReferencePage,
+    StoredReference,
+    unwrap,
 )
-from app.settings import Settings
-from core.errors import Insid3Error
 from core.types import MatchResult, SegmentationResult
-from workers.protocol import (
-    DEFAULT_KEYS,
-    JOB_FAILED,
-    REDIS_DOWN,
-    Backoff,
-    Job,
-    Keys,
-    MatchRequest,
-    ProtocolError,
-    Queue,
-    ReferenceCreated,
-    ReferenceRequest,
-    RemoteError,
-    Request,
-    Result,
-    SegmentRequest,
-    connect,
-    decode_reply,
-)
+from workers.codec import ProtocolError, ReferenceCreated, RemoteError, Result, decode_reply, remote_exception
+from workers.connection import REDIS_DOWN, Backoff, connect
+from workers.jobs import Job
+from workers.keys import DEFAULT_KEYS, Keys
+from workers.producer import Producer
 from workers.references import ReferenceStore
 
 log = logging.getLogger("insid3.app")
@@ -60,58 +47,36 @@ REPLY_BLOCK_S = 1.0  # one BLMPOP on the inbox blocks at most this long (bounds 
 DEAD_LETTERS = Gauge("insid3_dead_letters", "Jobs in the dead-letter stream (Redis mode)")
 
 
-class JobFailed(BackendError):
-    """A job that failed on every try and was dead-lettered. HTTP 500."""
-
-    code = JOB_FAILED
-
-
-def _error_classes() -> dict[str, type[Insid3Error]]:
-    """Every ``Insid3Error`` class by code (engine and backend errors)."""
-    classes: dict[str, type[Insid3Error]] = {}
-    todo: list[type[Insid3Error]] = [Insid3Error]
-    while todo:
-        cls = todo.pop()
-        classes.setdefault(cls.code, cls)
-        todo += cls.__subclasses__()
-    return classes
-
-
-def remote_exception(error: RemoteError) -> Insid3Error:
-    """The exception a worker's error answer stands for, of the class the engine raised."""
-    if error.code == ReferenceNotFound.code and "reference_id" in error.extra:
-        return ReferenceNotFound(str(error.extra["reference_id"]))
-    cls = _error_classes().get(error.code)
-    if cls is not None and cls.__init__ is Insid3Error.__init__:
-        return cls(error.detail)
-    exc = JobFailed(error.detail)
-    exc.code = error.code
-    return exc
-
-
-def _unwrap(result: Result, expected: type[T]) -> T:
-    if isinstance(result, RemoteError):
-        raise remote_exception(result)
-    assert isinstance(result, expected), f"expected {expected.__name__}, got {type(result).__name__}"
-    return result
-
-
-def _redact(url: str) -> str:
-    """``url`` without its credentials."""
+def redact(url: str) -> str:
+    """``url`` without its credentials (user info and query string)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()
+    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host, query="").geturl()
+
+
+def _result(result: Result, expected: type[T]) -> T:
+    """A worker's answer as a result, or its error raised."""
+    return unwrap(remote_exception(result) if isinstance(result, RemoteError) else result, expected)
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """How the API side uses the queue (``insid3 serve`` settings)."""
+
+    max_backlog: int  # queued jobs before 503 + Retry-After
+    retry_after_s: int
+    reference_ttl_s: float  # default lifetime of a reference
+    drain_timeout_s: float  # how long close() waits for jobs in flight
 
 
 class RedisBackend:
-    """``app.backend.InferenceBackend`` on the Redis Streams worker pool."""
+    """``core.serving.InferenceBackend`` on the Redis Streams worker pool."""
 
-    def __init__(self, settings: Settings, keys: Keys = DEFAULT_KEYS) -> None:
-        assert settings.redis_url, "RedisBackend needs settings.redis_url"
-        self._settings = settings
-        self._where = _redact(settings.redis_url)
-        self._client = connect(settings.redis_url)
-        self._queue = Queue(self._client, keys)
+    def __init__(self, redis_url: str, limits: QueueLimits, keys: Keys = DEFAULT_KEYS) -> None:
+        self._limits = limits
+        self._where = redact(redis_url)
+        self._client = connect(redis_url)
+        self._queue = Producer(self._client, keys)
         self._store = ReferenceStore(self._client, keys)
         self._inbox = keys.inbox(uuid.uuid4().hex)
         self._waiting: dict[str, asyncio.Future[Result]] = {}
@@ -126,7 +91,7 @@ class RedisBackend:
     async def close(self) -> None:
         self._closing = True
         if self._waiting:
-            await asyncio.wait(list(self._waiting.values()), timeout=self._settings.request_timeout_s)
+            await asyncio.wait(list(self._waiting.values()), timeout=self._limits.drain_timeout_s)
         if self._reader is not None:
             self._reader.cancel()  # redis-py may swallow it mid-command: the loop also checks _closing
             await asyncio.wait({self._reader})
@@ -147,18 +112,18 @@ class RedisBackend:
 
     async def create_reference(
         self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None, deadline: float
-    ) -> tuple[ReferenceInfo, bool]:
-        ttl = self._settings.reference_ttl_s if ttl_s is None else ttl_s
+    ) -> tuple[StoredReference, bool]:
+        ttl = self._limits.reference_ttl_s if ttl_s is None else ttl_s
         [result] = await self._submit([ReferenceRequest(image, mask, name, ttl)], deadline)
-        created = _unwrap(result, ReferenceCreated)
-        return ReferenceInfo.model_validate(created.info), created.created
+        created = _result(result, ReferenceCreated)
+        return created.record, created.created
 
-    async def get_reference(self, reference_id: str) -> ReferenceInfo:
+    async def get_reference(self, reference_id: str) -> StoredReference:
         with self._redis_errors():
-            info = await self._store.info(reference_id)
-        if info is None:
+            record = await self._store.record(reference_id)
+        if record is None:
             raise ReferenceNotFound(reference_id)
-        return info
+        return record
 
     async def delete_reference(self, reference_id: str) -> None:
         with self._redis_errors():
@@ -168,8 +133,7 @@ class RedisBackend:
 
     async def list_references(self, offset: int, limit: int) -> ReferencePage:
         with self._redis_errors():
-            items, total = await self._store.page(offset, limit)
-        return ReferencePage(items=items, total=total, offset=offset, limit=limit)
+            return await self._store.page(offset, limit)
 
     # ---------------------------------------------------------------------------- inference
 
@@ -179,7 +143,7 @@ class RedisBackend:
     ) -> list[SegmentationResult]:
         requests: list[Request] = [SegmentRequest(t, reference_ids, tau, merge_threshold) for t in targets]
         results = await self._submit(requests, deadline, reference_ids)
-        return [_unwrap(result, SegmentationResult) for result in results]
+        return [_result(result, SegmentationResult) for result in results]
 
     async def match(
         self, target: bytes, reference_id: str, points: list[tuple[float, float]], debiased: bool,
@@ -187,7 +151,7 @@ class RedisBackend:
     ) -> MatchResult:
         [result] = await self._submit([MatchRequest(target, reference_id, points, debiased)], deadline,
                                       [reference_id])
-        return _unwrap(result, MatchResult)
+        return _result(result, MatchResult)
 
     async def queue_depth(self) -> int:
         """The stream backlog (0 while Redis is unreachable); refreshes ``insid3_dead_letters``."""
@@ -221,10 +185,10 @@ class RedisBackend:
         self._waiting.update(futures)
         try:
             with self._redis_errors():
-                enqueued = await self._queue.enqueue(jobs, self._settings.max_queue, reference_ids)
+                enqueued = await self._queue.enqueue(jobs, self._limits.max_backlog, reference_ids)
             if enqueued.backlog is not None:
-                retry = self._settings.retry_after_s
-                raise QueueFull(retry, f"the job queue is full ({enqueued.backlog} of {self._settings.max_queue} "
+                retry = self._limits.retry_after_s
+                raise QueueFull(retry, f"the job queue is full ({enqueued.backlog} of {self._limits.max_backlog} "
                                        f"jobs waiting); retry in {retry:g} s")
             if enqueued.missing_reference is not None:
                 raise ReferenceNotFound(enqueued.missing_reference)

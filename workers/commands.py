@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from core.specs import MODEL_SIZES
 
 if TYPE_CHECKING:
-    from workers.protocol import Queue
+    from workers.admin import Admin
 
 WORKER_OPTIONS = ("redis_url", "model_size", "weights", "image_size", "device", "max_batch", "max_wait_ms",
                   "name", "metrics_port", "visibility_timeout_s", "max_attempts")
@@ -66,7 +66,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from core.engine import Insid3
-    from workers.protocol import connect
+    from workers.connection import connect
     from workers.settings import WorkerSettings
     from workers.worker import Worker
 
@@ -96,7 +96,7 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-QueueAction = Callable[["Queue", argparse.Namespace], Awaitable[int]]
+QueueAction = Callable[["Admin", argparse.Namespace], Awaitable[int]]
 
 
 def _queue_handler(action: QueueAction) -> Callable[[argparse.Namespace], int]:
@@ -105,7 +105,8 @@ def _queue_handler(action: QueueAction) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         from redis.exceptions import ConnectionError as RedisConnectionError
 
-        from workers.protocol import Queue, connect
+        from workers.admin import Admin
+        from workers.connection import connect
         from workers.settings import WorkerSettings
 
         url = args.redis_url or WorkerSettings().redis_url
@@ -113,7 +114,7 @@ def _queue_handler(action: QueueAction) -> Callable[[argparse.Namespace], int]:
         async def run() -> int:
             client = connect(url)
             try:
-                return await action(Queue(client), args)
+                return await action(Admin(client), args)
             finally:
                 await client.aclose()
 
@@ -126,7 +127,7 @@ def _queue_handler(action: QueueAction) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
-async def _stats(queue: Queue, args: argparse.Namespace) -> int:
+async def _stats(queue: Admin, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     stats = await queue.stats()
@@ -143,7 +144,7 @@ async def _stats(queue: Queue, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _trim(queue: Queue, args: argparse.Namespace) -> int:
+async def _trim(queue: Admin, args: argparse.Namespace) -> int:
     if args.maxlen is None:
         print(f"removed {await queue.trim_acked()} processed entries")
         return 0
@@ -152,7 +153,7 @@ async def _trim(queue: Queue, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _dead_letters(queue: Queue, args: argparse.Namespace) -> int:
+async def _dead_letters(queue: Admin, args: argparse.Namespace) -> int:
     if args.purge:
         print(f"deleted {await queue.purge_dead_letters()} dead letters")
         return 0

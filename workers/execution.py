@@ -1,31 +1,21 @@
 """One batch of queued jobs through the engine: references resolved (worker LRU, then Redis),
-one ``core.jobs.run_batch`` call, new references stored in Redis."""
+one ``Insid3.run_batch`` call, new references stored in Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
 
-from app.backend import ReferenceInfo, ReferenceNotFound
 from core.engine import Insid3
 from core.errors import Insid3Error
-from core.jobs import EncodeReferenceJob, MatchJob, Outcome, SegmentJob, run_batch
-from core.jobs import Job as EngineJob
+from core.requests import ReferenceRequest, Request, reference_ids
+from core.serving import ReferenceNotFound, StoredReference
 from core.types import ReferenceFeatures
-from workers.protocol import (
-    Job,
-    ProtocolError,
-    ReferenceCreated,
-    ReferenceRequest,
-    Request,
-    Result,
-    SegmentRequest,
-    error_of,
-)
-from workers.references import ReferenceStore, expires_at
+from workers.codec import ProtocolError, ReferenceCreated, Result, error_of
+from workers.jobs import Job
+from workers.references import ReferenceStore
 
 log = logging.getLogger("insid3.worker")
 
@@ -55,22 +45,22 @@ class Executor:
                 decoded.append((job, job.request()))
             except ProtocolError as exc:
                 outcome.failures.append((job, str(exc)))
-        references = await self._references(
-            {r for _, request in decoded for r in _reference_ids(request)})
-        runnable: list[tuple[Job, Request, EngineJob]] = []
+        references = await self._references({r for _, request in decoded for r in reference_ids(request)})
+        runnable: list[tuple[Job, Request]] = []
         for job, request in decoded:
             try:
-                engine_job = await self._engine_job(request, references)
+                ready = await self._ready(request, references)
             except Insid3Error as exc:
                 outcome.answers.append((job, error_of(exc)))
                 continue
-            if isinstance(engine_job, ReferenceCreated):
-                outcome.answers.append((job, engine_job))
+            if isinstance(ready, ReferenceCreated):
+                outcome.answers.append((job, ready))
             else:
-                runnable.append((job, request, engine_job))
+                runnable.append((job, ready))
         outcome.engine_jobs = len(runnable)
-        results = await self._run([engine_job for _, _, engine_job in runnable])
-        for (job, request, _), result in zip(runnable, results, strict=True):
+        found = {r: f for r, f in references.items() if isinstance(f, ReferenceFeatures)}
+        results = await self._run([request for _, request in runnable], found)
+        for (job, request), result in zip(runnable, results, strict=True):
             if isinstance(result, Insid3Error):
                 outcome.answers.append((job, error_of(result)))
             elif isinstance(result, Exception):
@@ -82,32 +72,29 @@ class Executor:
                 outcome.answers.append((job, result))
         return outcome
 
-    async def _engine_job(self, request: Request, references: dict[str, ReferenceFeatures | Insid3Error]
-                          ) -> EngineJob | ReferenceCreated:
-        """The engine's job for ``request``, or the answer when an identical reference exists."""
+    async def _ready(self, request: Request, references: dict[str, ReferenceFeatures | Insid3Error]
+                     ) -> Request | ReferenceCreated:
+        """``request`` ready for the engine, or the answer when an identical reference exists."""
         if isinstance(request, ReferenceRequest):
-            existing = await self.store.extend(self.engine.reference_key(request.image, request.mask),
-                                               request.ttl_s)
+            key = await asyncio.to_thread(self.engine.reference_key, request.image, request.mask)
+            existing = await self.store.extend(key, request.ttl_s)
             if existing is not None:
-                return ReferenceCreated(existing.model_dump(mode="json"), False)
-            return EncodeReferenceJob(request.image, request.mask)
-        found = [references[r] for r in _reference_ids(request)]
-        for item in found:
-            if isinstance(item, Insid3Error):
-                raise item
-        features = [item for item in found if isinstance(item, ReferenceFeatures)]
-        if isinstance(request, SegmentRequest):
-            return SegmentJob(request.target, features, request.tau, request.merge_threshold)
-        return MatchJob(request.target, features[0], request.points, request.debiased)
+                return ReferenceCreated(existing, False)
+            return replace(request, key=key)
+        for reference_id in reference_ids(request):
+            found = references[reference_id]
+            if isinstance(found, Insid3Error):
+                raise found
+        return request
 
-    async def _references(self, reference_ids: set[str]) -> dict[str, ReferenceFeatures | Insid3Error]:
+    async def _references(self, wanted: set[str]) -> dict[str, ReferenceFeatures | Insid3Error]:
         """Features on the engine's device from the LRU, else from Redis (then cached)."""
         found: dict[str, ReferenceFeatures | Insid3Error] = {}
-        for reference_id in reference_ids:
+        for reference_id in wanted:
             cached = self.engine.cache.get(reference_id)
             if cached is not None:
                 found[reference_id] = cached
-        missing = sorted(reference_ids - found.keys())
+        missing = sorted(wanted - found.keys())
         blobs = await self.store.features(missing)
         for reference_id in missing:
             if reference_id not in blobs:
@@ -122,36 +109,22 @@ class Executor:
             found[reference_id] = features
         return found
 
-    async def _run(self, jobs: list[EngineJob]) -> list[Outcome | Exception]:
-        """``run_batch`` in a thread; when it raises, each job alone so one bad job fails alone."""
-        if not jobs:
+    async def _run(self, requests: list[Request], references: dict[str, ReferenceFeatures]
+                   ) -> list[object]:
+        """``run_batch`` in a thread (it isolates each request's failure)."""
+        if not requests:
             return []
         try:
-            return list(await asyncio.to_thread(run_batch, self.engine, jobs))
-        except Exception as exc:
-            if len(jobs) == 1:
-                return [exc]
-            log.warning("batch of %d failed (%s: %s); running its jobs one by one",
-                        len(jobs), type(exc).__name__, exc)
-        return [(await self._run([job]))[0] for job in jobs]
+            return list(await asyncio.to_thread(self.engine.run_batch, requests, references))
+        except Exception as exc:  # run_batch itself broke: every job is retried
+            log.exception("run_batch failed for a batch of %d", len(requests))
+            return [exc] * len(requests)
 
     async def _store_reference(self, request: ReferenceRequest, features: ReferenceFeatures) -> ReferenceCreated:
-        """Save new reference features to Redis (fp16, with the request's TTL)."""
-        now = datetime.now(UTC)
-        height, width = features.original_size
-        info = ReferenceInfo(
-            reference_id=features.key, name=request.name, width=width, height=height,
-            mask_area=features.mask_area, model=features.model_id, image_size=features.image_size,
-            created_at=now, expires_at=expires_at(now, request.ttl_s),
-        )
-        existing = await self.store.save(info, await asyncio.to_thread(features.to_bytes, "fp16"), request.ttl_s)
+        """Save new reference features to Redis (fp16, with the request's lifetime)."""
+        record = StoredReference.of(features, request.name, request.ttl_s)
+        existing = await self.store.save(record, await asyncio.to_thread(features.to_bytes, "fp16"), request.ttl_s)
         if existing is None:
-            return ReferenceCreated(info.model_dump(mode="json"), True)
-        extended = await self.store.extend(info.reference_id, request.ttl_s)  # created meanwhile elsewhere
-        return ReferenceCreated((extended or existing).model_dump(mode="json"), False)
-
-
-def _reference_ids(request: Request) -> list[str]:
-    if isinstance(request, SegmentRequest):
-        return request.reference_ids
-    return [] if isinstance(request, ReferenceRequest) else [request.reference_id]
+            return ReferenceCreated(record, True)
+        extended = await self.store.extend(record.reference_id, request.ttl_s)  # created meanwhile elsewhere
+        return ReferenceCreated(extended or existing, False)

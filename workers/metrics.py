@@ -27,6 +27,6 @@ QUEUE_WAIT = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 BATCH_JOBS = Histogram(
-    "insid3_worker_batch_jobs", "Jobs run together in one core.jobs.run_batch call", buckets=BATCH_BUCKETS
+    "insid3_worker_batch_jobs", "Jobs run together in one Insid3.run_batch call", buckets=BATCH_BUCKETS
 )
 LAST_BATCH = Gauge("insid3_worker_last_batch_timestamp_seconds", "Unix time the last batch finished")

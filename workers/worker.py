@@ -1,7 +1,7 @@
 """The worker loop: read jobs from the stream in batches, run them, answer each exactly once.
 
 * Batching: after the first job arrives the worker waits at most ``max_wait_ms`` for up to
-  ``max_batch`` jobs, then runs them in one ``run_batch`` call.
+  ``max_batch`` jobs, then runs them in one ``Insid3.run_batch`` call.
 * At-least-once: jobs left pending by a dead worker are reclaimed (XAUTOCLAIM) once idle for
   ``visibility_timeout_s``; a job tried ``max_attempts`` times is dead-lettered.
 * Deadlines: expired jobs are acknowledged unrun (their API process has answered 504). Deadlines
@@ -28,8 +28,11 @@ from redis.exceptions import ResponseError
 from core.engine import Insid3
 from core.types import MatchResult, SegmentationResult
 from workers import metrics
+from workers.codec import ReferenceCreated, Result
+from workers.connection import REDIS_DOWN, Backoff, is_nogroup
+from workers.consumer import Consumer
 from workers.execution import Executor
-from workers.protocol import REDIS_DOWN, Backoff, Job, Queue, ReferenceCreated, Result, is_nogroup
+from workers.jobs import Job
 from workers.references import ReferenceStore
 from workers.settings import WorkerSettings
 
@@ -45,7 +48,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings, engine: Insid3, client: aioredis.Redis) -> None:
         self.settings = settings
         self.engine = engine
-        self.queue = Queue(client)
+        self.queue = Consumer(client)
         self.executor = Executor(engine, ReferenceStore(client, self.queue.keys))
         self.name = settings.name
         self.started_at = time.time()

@@ -1,1 +1,1 @@
-"""Implementations of ``app.backend.InferenceBackend`` that live in this package."""
+"""Implementations of ``core.serving.InferenceBackend`` that live in this package."""

@@ -1,7 +1,7 @@
 """The embedded batching loop: concurrent requests share encoder passes.
 
 Jobs wait in a bounded queue; the loop takes up to ``max_batch`` of them (waiting at most
-``max_wait_s`` for a batch to fill) and runs them in one ``core.jobs.run_batch`` call on a single
+``max_wait_s`` for a batch to fill) and runs them in one ``Insid3.run_batch`` call on a single
 worker thread. Jobs whose request gave up (deadline passed, client gone) are dropped unrun.
 """
 
@@ -10,19 +10,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from app.backend import DeadlineExceeded, ModelUnavailable, QueueFull
-from core.jobs import Job
+from core.requests import Request
+from core.serving import DeadlineExceeded, ModelUnavailable, QueueFull
+from core.types import ReferenceFeatures
 
-RunBatch = Callable[[Sequence[Job]], list[object]]
+References = Mapping[str, ReferenceFeatures]
+RunBatch = Callable[[Sequence[Request], References], Sequence[object]]
 
 
 @dataclass
 class _Pending:
-    job: Job
+    request: Request
+    references: References
     future: asyncio.Future[object]
     deadline: float
 
@@ -60,9 +63,10 @@ class BatchingLoop:
             await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(self, jobs: Sequence[Job], deadline: float) -> list[object]:
-        """Queue ``jobs`` (all or none) and wait for their results (results or ``Insid3Error``s),
-        raising ``QueueFull`` when they do not fit and ``DeadlineExceeded`` past ``deadline``."""
+    async def submit(self, jobs: Sequence[Request], references: References, deadline: float) -> list[object]:
+        """Queue ``jobs`` (all or none) with the stored references they name and wait for their
+        outcomes (a result or an exception each), raising ``QueueFull`` when they do not fit and
+        ``DeadlineExceeded`` past ``deadline``."""
         if self._closing:
             raise ModelUnavailable("the server is shutting down")
         if len(self._pending) + len(jobs) > self.max_queue:
@@ -73,7 +77,8 @@ class BatchingLoop:
             )
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in jobs]
-        self._pending.extend(_Pending(job, future, deadline) for job, future in zip(jobs, futures, strict=True))
+        self._pending.extend(_Pending(job, references, future, deadline)
+                             for job, future in zip(jobs, futures, strict=True))
         self._arrived.set()
         try:
             async with asyncio.timeout(max(0.0, deadline - time.time())):
@@ -99,9 +104,11 @@ class BatchingLoop:
             batch = self._take()
             if not batch:
                 continue
+            references = {key: value for pending in batch for key, value in pending.references.items()}
             try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, [p.job for p in batch])
-            except Exception as exc:  # a bug in the engine must fail its jobs, not the loop
+                results = await loop.run_in_executor(
+                    self._executor, self._run_batch, [p.request for p in batch], references)
+            except Exception as exc:  # run_batch isolates failures per job; this is a last resort
                 results = [exc] * len(batch)
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():

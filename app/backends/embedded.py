@@ -7,30 +7,17 @@ import contextlib
 import gc
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from functools import partial
-from typing import TypeVar
 
-from app.backend import ModelUnavailable, ReferenceInfo, ReferencePage
 from app.backends.batcher import BatchingLoop
 from app.backends.store import ReferenceStore
 from app.settings import Settings
-from core.cache import reference_key
 from core.engine import Insid3
 from core.errors import Insid3Error
-from core.jobs import EncodeReferenceJob, MatchJob, SegmentJob, run_batch
+from core.requests import MatchRequest, ReferenceRequest, SegmentRequest
+from core.serving import ModelUnavailable, ReferencePage, StoredReference, unwrap
 from core.types import MatchResult, ReferenceFeatures, SegmentationResult
 
 log = logging.getLogger("insid3.app")
-T = TypeVar("T")
-
-
-def _unwrap(result: object, expected: type[T]) -> T:
-    """A job's result, or its error raised."""
-    if isinstance(result, BaseException):
-        raise result
-    assert isinstance(result, expected), f"expected {expected.__name__}, got {type(result).__name__}"
-    return result
 
 
 class EmbeddedBackend:
@@ -66,7 +53,7 @@ class EmbeddedBackend:
         gc.freeze()  # the model's long-lived objects out of the collector's way: no 100 ms+ gen-2 pauses
         settings = self._settings
         self._batcher = BatchingLoop(
-            partial(run_batch, engine), settings.max_batch, settings.max_wait_ms / 1000.0,
+            engine.run_batch, settings.max_batch, settings.max_wait_ms / 1000.0,
             settings.max_queue, settings.retry_after_s,
         )
         self._batcher.start()
@@ -92,29 +79,24 @@ class EmbeddedBackend:
 
     async def create_reference(
         self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None, deadline: float
-    ) -> tuple[ReferenceInfo, bool]:
+    ) -> tuple[StoredReference, bool]:
         engine, store, batcher = self._ready()
         ttl = self._settings.reference_ttl_s if ttl_s is None else ttl_s
-        key = reference_key(image, mask, engine.model_id, engine.image_size)
-        existing = store.refresh(key, ttl)
+        key = await asyncio.to_thread(engine.reference_key, image, mask)
+        existing = store.extend(key, ttl)
         if existing is not None:
             return existing, False
-        [result] = await batcher.submit([EncodeReferenceJob(image, mask)], deadline)
-        features = _unwrap(result, ReferenceFeatures)
-        existing = store.refresh(key, ttl)  # an identical request may have finished meanwhile
+        [result] = await batcher.submit([ReferenceRequest(image, mask, name, ttl, key)], {}, deadline)
+        features = unwrap(result, ReferenceFeatures)
+        existing = store.extend(key, ttl)  # an identical request may have finished meanwhile
         if existing is not None:
             return existing, False
-        height, width = features.original_size
-        info = ReferenceInfo(
-            reference_id=features.key, name=name, width=width, height=height, mask_area=features.mask_area,
-            model=features.model_id, image_size=features.image_size, created_at=datetime.now(UTC),
-            expires_at=store.expiry(ttl),
-        )
-        await store.put(info, features)
-        return info, True
+        record = StoredReference.of(features, name, ttl)
+        await store.put(record, features)
+        return record, True
 
-    async def get_reference(self, reference_id: str) -> ReferenceInfo:
-        return self._ready()[1].info(reference_id)
+    async def get_reference(self, reference_id: str) -> StoredReference:
+        return self._ready()[1].record(reference_id)
 
     async def delete_reference(self, reference_id: str) -> None:
         self._ready()[1].delete(reference_id)
@@ -122,27 +104,27 @@ class EmbeddedBackend:
     async def list_references(self, offset: int, limit: int) -> ReferencePage:
         return self._ready()[1].page(offset, limit)
 
-    async def _features(self, reference_ids: Sequence[str]) -> list[ReferenceFeatures]:
-        engine, store, _ = self._ready()
-        references = [await store.features(reference_id) for reference_id in reference_ids]
-        return [engine.check_reference(reference) for reference in references]
+    async def _features(self, reference_ids: Sequence[str]) -> dict[str, ReferenceFeatures]:
+        store = self._ready()[1]
+        return {reference_id: await store.features(reference_id) for reference_id in dict.fromkeys(reference_ids)}
 
     async def segment(
         self, targets: list[bytes], reference_ids: list[str], tau: float | None,
         merge_threshold: float | None, deadline: float,
     ) -> list[SegmentationResult]:
         references = await self._features(reference_ids)
-        jobs = [SegmentJob(target, references, tau, merge_threshold) for target in targets]
-        results = await self._ready()[2].submit(jobs, deadline)
-        return [_unwrap(result, SegmentationResult) for result in results]
+        requests = [SegmentRequest(target, reference_ids, tau, merge_threshold) for target in targets]
+        results = await self._ready()[2].submit(requests, references, deadline)
+        return [unwrap(result, SegmentationResult) for result in results]
 
     async def match(
         self, target: bytes, reference_id: str, points: list[tuple[float, float]], debiased: bool,
         deadline: float,
     ) -> MatchResult:
-        [reference] = await self._features([reference_id])
-        [result] = await self._ready()[2].submit([MatchJob(target, reference, points, debiased)], deadline)
-        return _unwrap(result, MatchResult)
+        references = await self._features([reference_id])
+        request = MatchRequest(target, reference_id, points, debiased)
+        [result] = await self._ready()[2].submit([request], references, deadline)
+        return unwrap(result, MatchResult)
 
     async def queue_depth(self) -> int:
         return 0 if self._batcher is None else self._batcher.depth

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
 
-from app.backend import ReferenceInfo, ReferencePage
 from app.dependencies import BackendDep, DeadlineDep
 from app.errors import error_responses
+from app.schemas import ReferenceInfo, ReferenceList
 
 router = APIRouter(prefix="/references", tags=["references"])
 
@@ -40,20 +40,20 @@ async def create_reference(
 ) -> ReferenceInfo:
     """201 with the new reference; 200 when the same image, mask and model made it already
     (the id is the content hash)."""
-    info, created = await backend.create_reference(await image.read(), await mask.read(), name, ttl_s, deadline)
+    record, created = await backend.create_reference(await image.read(), await mask.read(), name, ttl_s, deadline)
     response.status_code = 201 if created else 200
-    response.headers["Location"] = f"/references/{info.reference_id}"
-    return info
+    response.headers["Location"] = f"/references/{record.reference_id}"
+    return ReferenceInfo.of(record)
 
 
-@router.get("", response_model=ReferencePage, responses=error_responses(401, 422, 503), summary="List references")
+@router.get("", response_model=ReferenceList, responses=error_responses(401, 422, 503), summary="List references")
 async def list_references(
     backend: BackendDep,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> ReferencePage:
+) -> ReferenceList:
     """Live references, newest first."""
-    return await backend.list_references(offset, limit)
+    return ReferenceList.of(await backend.list_references(offset, limit))
 
 
 @router.get(
@@ -62,7 +62,7 @@ async def list_references(
 )
 async def get_reference(reference_id: ReferenceId, backend: BackendDep) -> ReferenceInfo:
     """The reference's metadata."""
-    return await backend.get_reference(reference_id)
+    return ReferenceInfo.of(await backend.get_reference(reference_id))
 
 
 @router.delete(

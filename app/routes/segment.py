@@ -9,12 +9,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
-from app.backend import InferenceBackend
 from app.dependencies import BackendDep, DeadlineDep, SettingsDep
 from app.errors import error_responses
 from app.rendering import result_png, target_result
 from app.schemas import SegmentFormat, SegmentResponse
 from core.errors import InvalidInputError
+from core.serving import InferenceBackend
 
 router = APIRouter(tags=["segmentation"])
 

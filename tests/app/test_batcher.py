@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from app.backend import DeadlineExceeded, ModelUnavailable, QueueFull
 from app.backends.batcher import BatchingLoop
 from core.errors import InvalidImageError
+from core.serving import DeadlineExceeded, ModelUnavailable, QueueFull
 
 
 class Recorder:
@@ -22,7 +22,7 @@ class Recorder:
         self.release.set()
         self.started = threading.Event()
 
-    def __call__(self, jobs):
+    def __call__(self, jobs, references):
         self.started.set()
         self.release.wait()
         self.batches.append(list(jobs))
@@ -42,8 +42,8 @@ def test_concurrent_jobs_share_batches_up_to_max_batch():
         recorder = Recorder()
         loop = BatchingLoop(recorder, max_batch=3, max_wait_s=5.0, max_queue=10, retry_after_s=1)
         loop.start()
-        results = await asyncio.gather(*(loop.submit([f"job{i}"], far()) for i in range(3)),
-                                       loop.submit(["job3", "job4"], far()))
+        results = await asyncio.gather(*(loop.submit([f"job{i}"], {}, far()) for i in range(3)),
+                                       loop.submit(["job3", "job4"], {}, far()))
         await loop.close()
         return recorder.batches, results
 
@@ -57,7 +57,7 @@ def test_a_lone_job_waits_at_most_max_wait():
         recorder = Recorder()
         loop = BatchingLoop(recorder, max_batch=8, max_wait_s=0.01, max_queue=10, retry_after_s=1)
         loop.start()
-        result = await loop.submit(["alone"], far())
+        result = await loop.submit(["alone"], {}, far())
         await loop.close()
         return result
 
@@ -68,7 +68,7 @@ def test_errors_stay_in_their_slot():
     async def scenario():
         loop = BatchingLoop(Recorder(), max_batch=4, max_wait_s=0.0, max_queue=10, retry_after_s=1)
         loop.start()
-        result = await loop.submit(["ok", "bad"], far())
+        result = await loop.submit(["ok", "bad"], {}, far())
         await loop.close()
         return result
 
@@ -82,12 +82,12 @@ def test_queue_full_is_all_or_nothing():
         recorder.release.clear()
         loop = BatchingLoop(recorder, max_batch=1, max_wait_s=0.0, max_queue=2, retry_after_s=7)
         loop.start()
-        busy = asyncio.create_task(loop.submit(["running"], far()))
+        busy = asyncio.create_task(loop.submit(["running"], {}, far()))
         await asyncio.to_thread(recorder.started.wait)  # the worker holds "running"; the queue is empty
-        queued = asyncio.create_task(loop.submit(["a", "b"], far()))
+        queued = asyncio.create_task(loop.submit(["a", "b"], {}, far()))
         await asyncio.sleep(0)
         with pytest.raises(QueueFull) as refused:
-            await loop.submit(["c"], far())
+            await loop.submit(["c"], {}, far())
         assert loop.depth == 2
         recorder.release.set()
         results = await asyncio.gather(busy, queued)
@@ -106,13 +106,13 @@ def test_a_job_past_its_deadline_is_dropped_unrun():
         recorder.release.clear()
         loop = BatchingLoop(recorder, max_batch=1, max_wait_s=0.0, max_queue=10, retry_after_s=1)
         loop.start()
-        busy = asyncio.create_task(loop.submit(["running"], far()))
+        busy = asyncio.create_task(loop.submit(["running"], {}, far()))
         await asyncio.to_thread(recorder.started.wait)
         with pytest.raises(DeadlineExceeded):
-            await loop.submit(["late"], time.time() + 0.05)
+            await loop.submit(["late"], {}, time.time() + 0.05)
         recorder.release.set()
         await busy
-        after = await loop.submit(["next"], far())
+        after = await loop.submit(["next"], {}, far())
         await loop.close()
         return recorder.batches, after
 
@@ -126,12 +126,12 @@ def test_close_answers_every_accepted_job_then_refuses():
         recorder.release.clear()
         loop = BatchingLoop(recorder, max_batch=2, max_wait_s=0.0, max_queue=10, retry_after_s=1)
         loop.start()
-        accepted = [asyncio.create_task(loop.submit([f"j{i}"], far())) for i in range(5)]
+        accepted = [asyncio.create_task(loop.submit([f"j{i}"], {}, far())) for i in range(5)]
         await asyncio.to_thread(recorder.started.wait)
         closing = asyncio.create_task(loop.close())
         await asyncio.sleep(0)
         with pytest.raises(ModelUnavailable):
-            await loop.submit(["too late"], far())
+            await loop.submit(["too late"], {}, far())
         recorder.release.set()
         await closing
         return [await task for task in accepted]
@@ -142,7 +142,7 @@ def test_close_answers_every_accepted_job_then_refuses():
 def test_a_crashing_batch_fails_its_jobs_not_the_loop():
     calls = []
 
-    def flaky(jobs):
+    def flaky(jobs, references):
         calls.append(list(jobs))
         if len(calls) == 1:
             raise RuntimeError("engine bug")
@@ -151,8 +151,8 @@ def test_a_crashing_batch_fails_its_jobs_not_the_loop():
     async def scenario():
         loop = BatchingLoop(flaky, max_batch=4, max_wait_s=0.0, max_queue=10, retry_after_s=1)
         loop.start()
-        first = await loop.submit(["a"], far())
-        second = await loop.submit(["b"], far())
+        first = await loop.submit(["a"], {}, far())
+        second = await loop.submit(["b"], {}, far())
         await loop.close()
         return first, second
 

@@ -13,7 +13,7 @@ import yaml
 
 from app.settings import Settings
 from tests.deploy.config import parse_command, run, settings_from
-from workers.protocol import GROUP, Keys
+from workers.keys import GROUP, Keys
 from workers.settings import WorkerSettings
 
 KUBERNETES_VERSION = "1.30"  # the oldest release the manifests support

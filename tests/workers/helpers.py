@@ -19,6 +19,9 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO_ROOT
+from workers.admin import Admin
+from workers.consumer import Consumer
+from workers.producer import Producer
 
 STARTUP_S = 120.0  # a guard against hangs, never a performance assertion
 IMAGE_SIZE = 64
@@ -153,3 +156,7 @@ class Launcher:
         for process in self.processes:
             process.stop(timeout_s=20)
         self.redis.close()
+
+
+class Queue(Producer, Consumer, Admin):
+    """Every role of the protocol on one client, so that one test can play producer, worker and operator."""

@@ -11,20 +11,21 @@ from typing import TypeVar
 import pytest
 import redis
 
-from app.backend import DeadlineExceeded, ModelUnavailable, QueueFull, ReferenceNotFound
-from app.settings import Settings
 from core.errors import IncompatibleReferenceError, InvalidImageError
+from core.serving import DeadlineExceeded, JobFailed, ModelUnavailable, QueueFull, ReferenceNotFound
 from tests.conftest import free_port
 from tests.workers.conftest import database_url
-from workers.client import JobFailed, RedisBackend, remote_exception
-from workers.protocol import DEFAULT_KEYS, RemoteError
+from workers.client import QueueLimits, RedisBackend
+from workers.codec import RemoteError, remote_exception
+from workers.keys import DEFAULT_KEYS
 
 T = TypeVar("T")
 
 
-def with_backend(settings: Settings, scenario: Callable[[RedisBackend], Awaitable[T]]) -> T:
+def with_backend(url: str, scenario: Callable[[RedisBackend], Awaitable[T]], max_backlog: int = 64,
+                 retry_after_s: int = 1) -> T:
     async def main() -> T:
-        backend = RedisBackend(settings)
+        backend = RedisBackend(url, QueueLimits(max_backlog, retry_after_s, 86_400.0, 5.0))
         await backend.start()
         try:
             return await scenario(backend)
@@ -55,43 +56,43 @@ def test_worker_errors_become_the_engines_exceptions() -> None:
 
 def test_readiness_needs_a_live_worker(redis_url: str) -> None:
     url = database_url(redis_url)
-    reason = with_backend(Settings(redis_url=url), lambda backend: backend.readiness())
+    reason = with_backend(url, lambda backend: backend.readiness())
     assert reason is not None and "no worker" in reason and "insid3 worker --redis-url" in reason
     with pytest.raises(ModelUnavailable, match="no worker"):
-        with_backend(Settings(redis_url=url), lambda b: b.segment([b"t"], ["r"], None, None, time.time() + 5))
+        with_backend(url, lambda b: b.segment([b"t"], ["r"], None, None, time.time() + 5))
     redis.Redis.from_url(url).set(DEFAULT_KEYS.alive, "w", px=60_000)
-    assert with_backend(Settings(redis_url=url), lambda backend: backend.readiness()) is None
+    assert with_backend(url, lambda backend: backend.readiness()) is None
 
 
 def test_unknown_references_are_refused_before_queueing(url: str) -> None:
     with pytest.raises(ReferenceNotFound) as caught:
-        with_backend(Settings(redis_url=url), lambda b: b.match(b"t", "nope", [(1.0, 2.0)], True, time.time() + 5))
+        with_backend(url, lambda b: b.match(b"t", "nope", [(1.0, 2.0)], True, time.time() + 5))
     assert caught.value.reference_id == "nope"
     with pytest.raises(ReferenceNotFound):
-        with_backend(Settings(redis_url=url), lambda b: b.get_reference("nope"))
+        with_backend(url, lambda b: b.get_reference("nope"))
     with pytest.raises(ReferenceNotFound):
-        with_backend(Settings(redis_url=url), lambda b: b.delete_reference("nope"))
+        with_backend(url, lambda b: b.delete_reference("nope"))
     assert redis.Redis.from_url(url).xlen(DEFAULT_KEYS.stream) == 0
 
 
 def test_backlog_bound_and_deadlines(url: str) -> None:
-    settings = Settings(redis_url=url, max_queue=2, retry_after_s=3)
+    limits = {"max_backlog": 2, "retry_after_s": 3}
     with pytest.raises(DeadlineExceeded):  # queued, never answered: no worker runs
-        with_backend(settings, lambda b: b.create_reference(b"i", b"m", None, None, time.time() + 0.2))
+        with_backend(url, lambda b: b.create_reference(b"i", b"m", None, None, time.time() + 0.2), **limits)
     with pytest.raises(QueueFull) as caught:  # 1 waiting + 2 > 2
-        with_backend(settings, lambda b: b.segment([b"a", b"b"], [], None, None, time.time() + 5))
+        with_backend(url, lambda b: b.segment([b"a", b"b"], [], None, None, time.time() + 5), **limits)
     assert caught.value.retry_after_s == 3
     with pytest.raises(DeadlineExceeded):
-        with_backend(settings, lambda b: b.create_reference(b"i", b"m", None, None, time.time() - 1))
-    assert with_backend(settings, lambda backend: backend.queue_depth()) == 1
+        with_backend(url, lambda b: b.create_reference(b"i", b"m", None, None, time.time() - 1), **limits)
+    assert with_backend(url, lambda backend: backend.queue_depth(), **limits) == 1
 
 
 def test_redis_unreachable_is_a_503() -> None:
-    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    reason = with_backend(settings, lambda backend: backend.readiness())
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    reason = with_backend(url, lambda backend: backend.readiness())
     assert reason is not None and "unreachable" in reason
     for call in (lambda b: b.segment([b"t"], ["r"], None, None, time.time() + 5),
                  lambda b: b.get_reference("r"), lambda b: b.list_references(0, 10)):
         with pytest.raises(ModelUnavailable, match="unreachable"):
-            with_backend(settings, call)
-    assert with_backend(settings, lambda backend: backend.queue_depth()) == 0
+            with_backend(url, call)
+    assert with_backend(url, lambda backend: backend.queue_depth()) == 0

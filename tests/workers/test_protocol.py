@@ -7,24 +7,19 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 
+from core.requests import MatchRequest, ReferenceRequest, SegmentRequest
+from core.serving import JobFailed, StoredReference
 from core.types import MatchResult, SegmentationResult
-from workers.protocol import (
-    GROUP,
-    JOB_FAILED,
-    Job,
-    Keys,
-    MatchRequest,
+from tests.workers.helpers import Queue
+from workers.codec import (
     ProtocolError,
-    Queue,
     ReferenceCreated,
-    ReferenceRequest,
     RemoteError,
-    SegmentRequest,
-    connect,
     decode_reply,
     decode_request,
     encode_reply,
@@ -32,6 +27,12 @@ from workers.protocol import (
     pack,
     unpack,
 )
+from workers.connection import connect
+from workers.jobs import Job
+from workers.keys import GROUP, Keys
+
+JOB_FAILED = JobFailed.code
+
 
 Scenario = Callable[[Queue], Awaitable[None]]
 
@@ -95,11 +96,10 @@ def test_corrupt_job_bodies_are_protocol_errors() -> None:
 def test_replies_round_trip() -> None:
     rng = np.random.default_rng(0)
     mask = rng.random((37, 53)) > 0.5
-    grid = rng.random((4, 4)) > 0.5
-    segmentation = SegmentationResult(mask, 0.75, {"pipeline_ms": 1.5}, grid)
+    segmentation = SegmentationResult(mask, 0.75, {"pipeline_ms": 1.5})
     job_id, decoded = decode_reply(encode_reply("j1", segmentation))
     assert job_id == "j1" and isinstance(decoded, SegmentationResult)
-    assert np.array_equal(decoded.mask, mask) and np.array_equal(decoded.grid_mask, grid)
+    assert np.array_equal(decoded.mask, mask)
     assert decoded.score == 0.75 and decoded.timings == {"pipeline_ms": 1.5}
     assert decoded.bbox == segmentation.bbox and decoded.area == segmentation.area
 
@@ -109,7 +109,9 @@ def test_replies_round_trip() -> None:
     assert np.array_equal(decoded_match.points, match.points)
     assert np.array_equal(decoded_match.confidence, match.confidence)
 
-    created = ReferenceCreated({"reference_id": "abc", "width": 3}, True)
+    now = datetime.now(UTC)
+    record = StoredReference("a" * 32, "apple", 3, 2, 4, "dinov3_vits16-x", 128, now, now + timedelta(seconds=5))
+    created = ReferenceCreated(record, True)
     assert decode_reply(encode_reply("j3", created)) == ("j3", created)
     error = RemoteError("reference_not_found", "no reference 'x'", {"reference_id": "x"})
     assert decode_reply(encode_reply("j4", error)) == ("j4", error)

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import RedisServer, free_port
 from tests.workers.conftest import database_url
 from tests.workers.helpers import Launcher, Process, box_mask, random_image, scrape, wait_until
-from workers.protocol import GROUP
+from workers.keys import GROUP
 
 MAX_QUEUE = 4  # the second API's backlog bound
 MAX_BATCH = 4

@@ -17,12 +17,16 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from app.settings import Settings
+from core.requests import SegmentRequest
+from core.serving import JobFailed
 from core.types import SegmentationResult
 from tests.conftest import REPO_ROOT, free_port
-from tests.workers.helpers import Launcher, box_mask, random_image, scrape, wait_until
-from workers.client import JobFailed, RedisBackend, remote_exception
-from workers.protocol import GROUP, JOB_FAILED, Job, Queue, RemoteError, SegmentRequest, connect, decode_reply
+from tests.workers.helpers import Launcher, Queue, box_mask, random_image, scrape, wait_until
+from workers.client import QueueLimits, RedisBackend
+from workers.codec import RemoteError, decode_reply, remote_exception
+from workers.connection import connect
+from workers.jobs import Job
+from workers.keys import GROUP
 
 T = TypeVar("T")
 
@@ -40,7 +44,7 @@ def with_backend(launcher: Launcher, scenario: Callable[[RedisBackend], Awaitabl
     """Run ``scenario`` with a started ``RedisBackend`` of this module's database."""
 
     async def main() -> T:
-        backend = RedisBackend(Settings(redis_url=launcher.redis_url))
+        backend = RedisBackend(launcher.redis_url, QueueLimits(64, 1, 86_400.0, 60.0))
         await backend.start()
         try:
             return await scenario(backend)
@@ -114,7 +118,7 @@ def test_poison_job_is_dead_lettered_after_max_attempts(launcher: Launcher, stea
         return poison, reply
 
     poison, reply = asyncio.run(scenario())
-    assert reply.code == JOB_FAILED and reply.extra == {"attempts": 3}
+    assert reply.code == JobFailed.code and reply.extra == {"attempts": 3}
     error = remote_exception(reply)
     assert isinstance(error, JobFailed)
     assert "3 time(s)" in error.detail and "dead-letter" in error.detail and "not an insid3 frame" in error.detail

@@ -1,0 +1,202 @@
+"""The serving contract both serving modes share: what a backend does, the stored-reference
+record, and the errors of the serving machinery.
+
+Two implementations exist and the HTTP surface is identical for both: the engine in the API
+process (``app.backends.embedded``) and the Redis Streams worker pool (``workers.client``).
+
+Conventions every implementation follows:
+
+* ``deadline`` is an absolute Unix time (``time.time()`` seconds). Work not started by then is
+  dropped and the call raises ``DeadlineExceeded``; a call never waits past its deadline.
+* Reference ids are content hashes (``core.cache.reference_key``): the same bytes under the same
+  model give the same id.
+* Engine errors are raised as the ``core.errors`` classes; serving errors are the
+  ``BackendError`` subclasses below. The HTTP layer maps them to ``{"error": code, "detail": ...}``.
+* When several targets are given, the first failing target's error is raised for the call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+
+from core.errors import Insid3Error
+
+if TYPE_CHECKING:
+    from core.types import MatchResult, ReferenceFeatures, SegmentationResult
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+class BackendError(Insid3Error):
+    """An error of the serving machinery rather than of the caller's input."""
+
+    code = "backend_error"
+
+
+class ReferenceNotFound(BackendError):
+    """No reference with that id (never created, deleted or expired). HTTP 404."""
+
+    code = "reference_not_found"
+
+    def __init__(self, reference_id: str) -> None:
+        super().__init__(f"no reference {reference_id!r}: unknown, deleted or expired")
+        self.reference_id = reference_id
+
+
+class QueueFull(BackendError):
+    """Too much work queued already; retry after ``retry_after_s`` seconds. HTTP 503."""
+
+    code = "queue_full"
+
+    def __init__(self, retry_after_s: float, detail: str | None = None) -> None:
+        super().__init__(detail or f"the job queue is full; retry in {retry_after_s:g} s")
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(BackendError):
+    """The request's deadline passed before its job finished; the job is dropped. HTTP 504."""
+
+    code = "deadline_exceeded"
+
+
+class ModelUnavailable(BackendError):
+    """The engine cannot serve (weights missing, still loading, Redis down...). HTTP 503."""
+
+    code = "model_unavailable"
+
+
+class JobFailed(BackendError):
+    """A job that failed unexpectedly on every try and was dead-lettered. HTTP 500."""
+
+    code = "job_failed"
+
+
+def unwrap(result: object, expected: type[T]) -> T:
+    """A job's result, or its error raised."""
+    if isinstance(result, BaseException):
+        raise result
+    assert isinstance(result, expected), f"expected {expected.__name__}, got {type(result).__name__}"
+    return result
+
+
+# ------------------------------------------------------------------------ stored references
+
+
+def expiry(now: datetime, ttl_s: float) -> datetime | None:
+    """When a reference created or refreshed at ``now`` with ``ttl_s`` expires (None: never, ``ttl_s`` <= 0)."""
+    return None if ttl_s <= 0 else now + timedelta(seconds=ttl_s)
+
+
+@dataclass(frozen=True)
+class StoredReference:
+    """What the service keeps about a reference besides its features (the storage record)."""
+
+    reference_id: str
+    name: str | None
+    width: int
+    height: int
+    mask_area: int  # foreground pixels of the uploaded mask (0: match-only reference)
+    model: str
+    image_size: int
+    created_at: datetime
+    expires_at: datetime | None  # None: never
+
+    @classmethod
+    def of(cls, features: ReferenceFeatures, name: str | None, ttl_s: float,
+           now: datetime | None = None) -> StoredReference:
+        """The record of freshly encoded ``features``, created ``now`` with a lifetime of ``ttl_s``."""
+        now = now or datetime.now(UTC)
+        height, width = features.original_size
+        return cls(features.key, name, width, height, features.mask_area, features.model_id,
+                   features.image_size, now, expiry(now, ttl_s))
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
+
+    def extended(self, ttl_s: float, now: datetime | None = None) -> StoredReference:
+        """This record with its lifetime extended to ``ttl_s`` from now; never shortened."""
+        new = expiry(now or datetime.now(UTC), ttl_s)
+        if self.expires_at is None or (new is not None and new <= self.expires_at):
+            return self
+        return replace(self, expires_at=new)
+
+    def to_json(self) -> str:
+        fields = asdict(self)
+        fields["created_at"] = self.created_at.isoformat()
+        fields["expires_at"] = None if self.expires_at is None else self.expires_at.isoformat()
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> StoredReference:
+        """Inverse of ``to_json``; ``ValueError`` (or ``KeyError``/``TypeError``) for anything else."""
+        fields = json.loads(raw)
+        fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+        if fields["expires_at"] is not None:
+            fields["expires_at"] = datetime.fromisoformat(fields["expires_at"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class ReferencePage:
+    """One page of ``list_references``, newest first."""
+
+    items: list[StoredReference]
+    total: int
+    offset: int
+    limit: int
+
+
+# --------------------------------------------------------------------------------- backends
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """Everything the HTTP routes need from an engine runner. All methods are coroutines."""
+
+    async def start(self) -> None:
+        """Begin loading/connecting in the background; return quickly, never raise for a missing
+        model (``readiness`` reports it instead)."""
+
+    async def close(self) -> None:
+        """Stop accepting work, answer (or fail) every accepted job, release resources."""
+
+    async def readiness(self) -> str | None:
+        """None when requests can be served, else a human reason (what is missing and how to fix it)."""
+
+    async def create_reference(
+        self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None, deadline: float
+    ) -> tuple[StoredReference, bool]:
+        """Encode and store a reference; returns its record and True when it was newly created
+        (False: an identical reference existed; its lifetime is extended, never shortened).
+        ``mask=None`` makes a match-only reference; ``ttl_s=None`` uses the configured default,
+        ``ttl_s=0`` never expires."""
+
+    async def get_reference(self, reference_id: str) -> StoredReference:
+        """The record of a live reference, else ``ReferenceNotFound``."""
+
+    async def delete_reference(self, reference_id: str) -> None:
+        """Forget a reference, else ``ReferenceNotFound``."""
+
+    async def list_references(self, offset: int, limit: int) -> ReferencePage:
+        """Live references, newest first."""
+
+    async def segment(
+        self, targets: list[bytes], reference_ids: list[str], tau: float | None,
+        merge_threshold: float | None, deadline: float,
+    ) -> list[SegmentationResult]:
+        """Segment every target with the k references (k-shot); one result per target, in order."""
+
+    async def match(
+        self, target: bytes, reference_id: str, points: list[tuple[float, float]], debiased: bool,
+        deadline: float,
+    ) -> MatchResult:
+        """Map ``points`` ((x, y) in reference pixels) to the target, with a confidence each."""
+
+    async def queue_depth(self) -> int:
+        """Jobs waiting to run (embedded queue length, or the Redis stream backlog)."""

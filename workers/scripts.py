@@ -1,0 +1,143 @@
+"""Every Lua script of the protocol, in one place. Each runs atomically inside Redis.
+
+Exactly one answer per job: ``ANSWER`` XACKs the entry and pushes the reply only when the XACK
+removed it from the pending list, so a job processed twice (a reclaimed job whose first worker
+was only slow) is still answered once. Needs Redis >= 7.
+"""
+
+# KEYS: stream, alive, reference keys...   ARGV: group, max_backlog, maxlen, n_jobs, n_fields, fields...
+# -> {"ok", id...} | {"full", backlog} | {"missing", key} | {"no_worker"}
+ENQUEUE = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return {'no_worker'} end
+for i = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then return {'missing', KEYS[i]} end
+end
+local backlog, found = 0, false
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local info = {}
+    for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
+    if info['name'] == ARGV[1] then
+      found = true
+      local length = redis.call('XLEN', KEYS[1])
+      backlog = info['lag'] or length
+      if backlog > length then backlog = length end
+    end
+  end
+end
+if not found then redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM') end
+local n, per = tonumber(ARGV[4]), tonumber(ARGV[5])
+if backlog + n > tonumber(ARGV[2]) then return {'full', backlog} end
+local ids, pos = {'ok'}, 6
+for i = 1, n do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, pos, pos + per - 1))
+  pos = pos + per
+end
+return ids
+"""
+
+# KEYS: stream, inbox of job 1, inbox of job 2...   ARGV: group, inbox ttl ms, id 1, reply 1, id 2, reply 2...
+# -> per job: 1 answered, 0 already answered (acknowledged before)
+ANSWER = """
+local done = {}
+for i = 2, #KEYS do
+  local id, reply = ARGV[2 * i - 1], ARGV[2 * i]
+  if redis.call('XACK', KEYS[1], ARGV[1], id) == 1 then
+    redis.call('RPUSH', KEYS[i], reply)
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    done[#done + 1] = 1
+  else
+    done[#done + 1] = 0
+  end
+end
+return done
+"""
+
+# KEYS: stream, dead, inbox   ARGV: group, entry id, reply, inbox ttl ms, dead maxlen, fields...
+DEAD_LETTER = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 6))
+redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+return 1
+"""
+
+# KEYS: stream   ARGV: group, entry id, maxlen, fields...   -> the new entry id, or false
+REQUEUE = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+"""
+
+# KEYS: stream   ARGV: group   -> entries removed. Drops the entries every consumer is done with:
+# those older than both the oldest pending entry and the group's last delivered entry.
+TRIM_ACKED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local last
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
+  if info['name'] == ARGV[1] then last = info['last-delivered-id'] end
+end
+if not last then return 0 end
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
+local ms, seq = string.match(last, '(%d+)-(%d+)')
+local minid = ms .. '-' .. (tonumber(seq) + 1)
+if pending[1] > 0 then minid = pending[2] end
+return redis.call('XTRIM', KEYS[1], 'MINID', minid)
+"""
+
+
+# KEYS: stream   ARGV: group, min idle ms   -> names of the deleted consumers. Atomic, so a consumer
+# that reads meanwhile cannot lose its new pending entries with it.
+PRUNE_CONSUMERS = """
+local pruned = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for j = 1, #c, 2 do info[c[j]] = c[j + 1] end
+  if info['pending'] == 0 and info['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    pruned[#pruned + 1] = info['name']
+  end
+end
+return pruned
+"""
+
+# KEYS: ref, by created, by expiry   ARGV: id, features, info, ttl ms (0: never), created, expires
+# -> nil when stored, else the info of the reference already there (nothing written).
+SAVE_REFERENCE = """
+local existing = redis.call('HGET', KEYS[1], 'info')
+if existing then return existing end
+redis.call('HSET', KEYS[1], 'features', ARGV[2], 'info', ARGV[3])
+if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
+return false
+"""
+
+# KEYS: ref, by expiry   ARGV: id, ttl ms (0: never), expires_at (ISO or ''), expiry score
+# -> the info, extended when the new lifetime ends later (a lifetime is never shortened), or nil
+# when the reference is gone.
+EXTEND_REFERENCE = """
+local raw = redis.call('HGET', KEYS[1], 'info')
+if not raw then return false end
+local remaining = redis.call('PTTL', KEYS[1])
+if remaining == -1 or (tonumber(ARGV[2]) > 0 and tonumber(ARGV[2]) <= remaining) then return raw end
+local info = cjson.decode(raw)
+if ARGV[3] == '' then info['expires_at'] = cjson.null else info['expires_at'] = ARGV[3] end
+raw = cjson.encode(info)
+redis.call('HSET', KEYS[1], 'info', raw)
+if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) else redis.call('PERSIST', KEYS[1]) end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+return raw
+"""
+
+# KEYS: by created, by expiry   -> drops the ids whose expiry time has passed (Redis clock)
+PRUNE_REFERENCES = """
+local now = redis.call('TIME')
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now[1] + now[2] / 1000000)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+end
+return #expired
+"""
