@@ -16,6 +16,7 @@ COPY app app
 COPY core core
 COPY workers workers
 COPY evaluation evaluation
+COPY insid3 insid3
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # ---- runtime bases: Python 3.11 with the CUDA runtime, or plain Python 3.11

@@ -21,23 +21,23 @@ CommaList = Annotated[list[str], NoDecode]
 class Settings(EngineSettings):
     """Everything ``insid3 serve`` is configured with."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    redis_url: str | None = None  # None: the engine runs in the API process
-    max_batch: int = Field(default=8, ge=1)  # images per encoder pass (embedded mode)
-    max_wait_ms: float = Field(default=5.0, ge=0)  # how long a batch waits to fill up
-    max_queue: int = Field(default=64, ge=0)  # queued jobs before 503 + Retry-After
-    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)  # whole request body
-    max_targets: int = Field(default=16, ge=1)  # target images per /segment request
-    max_shots: int = Field(default=16, ge=1)  # references per /segment request
-    max_points: int = Field(default=1024, ge=1)  # points per /match request
-    request_timeout_s: float = Field(default=60.0, gt=0)  # deadline of one request (504 after)
-    retry_after_s: int = Field(default=1, ge=1)  # Retry-After of a 503 for a full queue
-    reference_ttl_s: float = Field(default=86_400.0, ge=0)  # default lifetime; 0 = forever
-    reference_dir: Path | None = None  # embedded mode: keep references on disk across restarts
-    api_keys: CommaList = Field(default_factory=list)  # empty: no authentication
-    cors_origins: CommaList = Field(default_factory=list)  # empty: no CORS headers
-    log_level: str = "info"
+    host: str = Field("127.0.0.1", description="interface to bind")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port")
+    redis_url: str | None = Field(None, description="None: the engine runs in the API process")
+    max_batch: int = Field(default=8, ge=1, description="images per encoder pass (embedded mode)")
+    max_wait_ms: float = Field(default=5.0, ge=0, description="how long a batch waits to fill up")
+    max_queue: int = Field(default=64, ge=0, description="queued jobs before 503 + Retry-After")
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="whole request body")
+    max_targets: int = Field(default=16, ge=1, description="target images per /segment request")
+    max_shots: int = Field(default=16, ge=1, description="references per /segment request")
+    max_points: int = Field(default=1024, ge=1, description="points per /match request")
+    request_timeout_s: float = Field(default=60.0, gt=0, description="deadline of one request (504 after)")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503 for a full queue")
+    reference_ttl_s: float = Field(default=86_400.0, ge=0, description="default lifetime; 0 = forever")
+    reference_dir: Path | None = Field(None, description="embedded mode: keep references on disk across restarts")
+    api_keys: CommaList = Field(default_factory=list, description="empty: no authentication")
+    cors_origins: CommaList = Field(default_factory=list, description="empty: no CORS headers")
+    log_level: str = Field("info", description="log level")
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -71,7 +71,7 @@ class Processes:
                 [*pin, *args], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(env or {})}))
 
     def insid3(self, name: str, args: list[str], core: int | str | None, env: dict[str, str] | None = None) -> None:
-        self.start(name, [sys.executable, "-m", "core.cli", *args], core, env)
+        self.start(name, [sys.executable, "-m", "insid3", *args], core, env)
 
     def close(self) -> None:
         for child in reversed(self.children):

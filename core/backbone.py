@@ -35,7 +35,6 @@ class LoadedBackbone:
     model: torch.nn.Module
     spec: BackboneSpec
     weights_id: str  # sha256 prefix of the weights file (or the hub name)
-    source: str  # where the weights came from, for logs and errors
 
     @property
     def model_id(self) -> str:
@@ -181,12 +180,12 @@ def load_backbone(spec: BackboneSpec, weights: str | None, weights_tag: str, pre
             model = timm.create_model(name, pretrained=True, num_classes=0, **spec.timm_kwargs)
         except Exception as exc:  # network, missing tag, license gate: all user-facing
             raise WeightsNotFoundError(f"could not load {name!r} from the hub: {exc}. " + OBTAIN_WEIGHTS_HELP) from None
-        return LoadedBackbone(model.eval(), spec, f"hub-{tag}", f"hub {name}")
+        return LoadedBackbone(model.eval(), spec, f"hub-{tag}")
     path = Path(weights) if weights is not None else resolve_weights_path(spec, weights_tag, pretrain_dir)
     state = read_state_dict(path)
     model = create_model(spec)
     load_state_dict_into(model, spec, state, f"weights file {str(path)!r}")
-    return LoadedBackbone(model.eval(), spec, file_sha256(path, hash_cache_dir)[:12], str(path))
+    return LoadedBackbone(model.eval(), spec, file_sha256(path, hash_cache_dir)[:12])
 
 
 def extract_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -30,15 +30,14 @@ base is gone.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
+
+from core.chain_kernel import COMPACT_AT, MIN_PHASE, chain_cut
 
 _INF = float("inf")
 _MIRROR_BLOCK = 256  # rows per block when mirroring the upper triangle
 _CHUNK_BYTES = 1 << 23  # CPU working set of one chunk of rows (fits the last-level cache)
-_COMPACT_AT = 0.5  # start a new phase when this fraction of the base clusters is still alive
-_MIN_PHASE = 64  # below this many base clusters, never compact
 _GROUP = 64  # columns per group in the two-level row minimum
 _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 
@@ -73,7 +72,7 @@ def _chain_labels(dist: torch.Tensor, threshold: float) -> torch.Tensor:
     _mirror_upper(dist)
     dense = np.empty(dist.shape, dtype=np.float64)
     np.copyto(dense, dist.numpy())
-    return torch.from_numpy(_chain_cut(dense, float(threshold)))
+    return torch.from_numpy(chain_cut(dense, float(threshold)))
 
 
 def _round_labels(dist: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -199,7 +198,7 @@ class _State:
         self._refresh(first, second, self._merge(first, second))
         self.active &= self.nnd < self.threshold
         live = int(self.active.sum())
-        if live <= _COMPACT_AT * self.n_base and self.n_base > _MIN_PHASE:
+        if live <= COMPACT_AT * self.n_base and self.n_base > MIN_PHASE:
             self._compact()
         return True
 
@@ -338,133 +337,3 @@ class _State:
         self.nn = torch.cat([nn, nn.new_zeros(slots)])
         self.nnd = torch.cat([nnd, nnd.new_full((slots,), _INF)])
         self.origin = torch.cat([origin, origin.new_zeros(slots)])
-
-
-def _jit(func):
-    """``numba.njit`` with an on-disk cache when a cache directory is writable, without otherwise."""
-    try:
-        return numba.njit(cache=True, nogil=True)(func)
-    except RuntimeError:  # no writable cache location: compile at first call in every process
-        return numba.njit(nogil=True)(func)
-
-
-
-@_jit
-def _find(parent, i):
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
-
-@_jit
-def _sync(dist, x, size, log, log_len, last, synced):
-    row = dist[x]
-    for t in range(synced[x], log_len):
-        z = log[t]
-        if last[z] == t and size[z] > 0 and z != x:
-            row[z] = dist[z, x]
-    synced[x] = log_len
-
-@_jit
-def _chain_cut(dist, threshold):
-    n = dist.shape[0]
-    m = n
-    size = np.ones(n, np.float64)
-    origin = np.arange(n)
-    parent = np.arange(n)
-    chain = np.empty(n, np.int64)
-    chain_length = 0
-    alive = n
-    y = 0
-    log = np.empty(n, np.int64)
-    last = np.full(n, -1, np.int64)
-    synced = np.zeros(n, np.int64)
-    log_len = 0
-    for _ in range(n - 1):
-        if alive <= m // 2 and m > 64:
-            for i in range(m):
-                if size[i] > 0:
-                    _sync(dist, i, size, log, log_len, last, synced)
-            log_len = 0
-            last[:] = -1
-            synced[:] = 0
-            keep = np.empty(alive, np.int64)
-            new_pos = np.full(m, -1, np.int64)
-            c = 0
-            for i in range(m):
-                if size[i] > 0:
-                    keep[c] = i
-                    new_pos[i] = c
-                    c += 1
-            packed = np.empty((alive, alive), np.float64)
-            for a in range(alive):
-                row = dist[keep[a]]
-                out = packed[a]
-                for b in range(alive):
-                    out[b] = row[keep[b]]
-            dist = packed
-            size = size[keep]
-            origin = origin[keep]
-            for j in range(chain_length):
-                chain[j] = new_pos[chain[j]]
-            m = alive
-        if chain_length == 0:
-            chain_length = 1
-            for i in range(m):
-                if size[i] > 0:
-                    chain[0] = i
-                    break
-        while True:
-            x = chain[chain_length - 1]
-            _sync(dist, x, size, log, log_len, last, synced)
-            if chain_length > 1:
-                y = chain[chain_length - 2]
-                current = dist[x, y]
-            else:
-                current = np.inf
-            row = dist[x]
-            for i in range(m):
-                if size[i] == 0 or i == x:
-                    continue
-                d = row[i]
-                if d < current:
-                    current = d
-                    y = i
-            if chain_length > 1 and y == chain[chain_length - 2]:
-                break
-            chain[chain_length] = y
-            chain_length += 1
-        chain_length -= 2
-        if x > y:
-            x, y = y, x
-        _sync(dist, x, size, log, log_len, last, synced)
-        _sync(dist, y, size, log, log_len, last, synced)
-        nx = size[x]
-        ny = size[y]
-        if current < threshold:
-            parent[_find(parent, origin[x])] = _find(parent, origin[y])
-        size[x] = 0.0
-        size[y] = nx + ny
-        alive -= 1
-        total = nx + ny
-        rx = dist[x]
-        ry = dist[y]
-        for i in range(m):
-            if size[i] == 0 or i == y:
-                continue
-            v = (nx * rx[i] + ny * ry[i]) / total
-            ry[i] = v
-        log[log_len] = y
-        last[y] = log_len
-        log_len += 1
-        synced[y] = log_len
-    labels = np.empty(n, np.int64)
-    first = np.full(n, -1, np.int64)
-    k = 0
-    for i in range(n):
-        r = _find(parent, i)
-        if first[r] < 0:
-            first[r] = k
-            k += 1
-        labels[i] = first[r]
-    return labels

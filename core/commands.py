@@ -11,41 +11,26 @@ import numpy as np
 from PIL import Image
 
 from core.errors import InvalidInputError
-from core.specs import DEFAULT_MODEL_SIZE, MODEL_SIZES
+from core.settings import EngineSettings
+from core.specs import MODEL_SIZES
 
 if TYPE_CHECKING:
     from core.engine import Insid3
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that choose and configure the engine (shared by every model command)."""
-    parser.add_argument("--model-size", default=DEFAULT_MODEL_SIZE, choices=MODEL_SIZES)
-    parser.add_argument("--weights", default=None,
-                        help="official .pth/.safetensors file, or 'hub[:TAG]' (default: pretrain/<official name>)")
-    parser.add_argument("--weights-tag", default="lvd1689m", help="lvd1689m, or sat493m for large/7b")
-    parser.add_argument("--pretrain-dir", type=Path, default=Path("pretrain"))
-    parser.add_argument("--image-size", type=int, default=1024)
-    parser.add_argument("--svd-components", type=int, default=None, help="default: per backbone")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-
-
-def build_engine(args: argparse.Namespace, **overrides: object) -> Insid3:
-    """An engine from the parsed engine arguments."""
+def build_engine(args: argparse.Namespace) -> Insid3:
+    """An engine from the engine options given (over the ``INSID3_*`` environment)."""
     from core.engine import Insid3
+    from core.settings import EngineSettings
 
-    return Insid3.build(
-        model_size=args.model_size, weights=args.weights, weights_tag=args.weights_tag,
-        pretrain_dir=args.pretrain_dir, image_size=args.image_size, svd_components=args.svd_components,
-        device=args.device, precision=args.precision, **overrides,
-    )
+    return Insid3.build(**EngineSettings.from_args(args).engine_kwargs())
 
 
 def _segment(args: argparse.Namespace) -> int:
     from core.images import load_image, load_mask
     from core.visualize import segmentation_overlay
 
-    engine = build_engine(args, tau=args.tau, merge_threshold=args.merge_threshold, crf=args.crf)
+    engine = build_engine(args)
     reference = engine.encode_reference(args.ref_image, args.ref_mask)
     ref_image = load_image(args.ref_image)
     ref_mask = load_mask(args.ref_mask)
@@ -109,10 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     segment.add_argument("ref_mask")
     segment.add_argument("targets", nargs="+")
     segment.add_argument("--out", type=Path, default=Path("output"))
-    segment.add_argument("--tau", type=float, default=0.6)
-    segment.add_argument("--merge-threshold", type=float, default=0.2)
-    segment.add_argument("--crf", action="store_true", help="refine boundaries (needs the 'crf' extra)")
-    add_engine_arguments(segment)
+    EngineSettings.add_arguments(segment)
     segment.set_defaults(handler=_segment)
 
     match = subparsers.add_parser("match", help="find reference keypoints in a target")
@@ -121,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     match.add_argument("--point", type=_parse_point, action="append", default=[], metavar="X,Y")
     match.add_argument("--raw", action="store_true", help="match raw instead of debiased features")
     match.add_argument("--out", type=Path, default=Path("output"))
-    add_engine_arguments(match)
+    EngineSettings.add_arguments(match)
     match.set_defaults(handler=_match)
 
     checkpoint = subparsers.add_parser("make-checkpoint", help="write a random checkpoint in the official layout")

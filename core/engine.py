@@ -24,9 +24,17 @@ from core import clustering, metrics
 from core.backbone import LoadedBackbone, extract_features, load_backbone
 from core.cache import ReferenceCache, reference_key
 from core.debias import debias, load_or_build_basis, normalize_channels
+from core.defaults import (
+    DEFAULT_BASIS_CACHE,
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MERGE_THRESHOLD,
+    DEFAULT_MODEL_SIZE,
+    DEFAULT_TAU,
+)
 from core.errors import ConfigurationError, IncompatibleReferenceError, InvalidInputError
 from core.images import (
-    DEFAULT_MAX_PIXELS,
     ImageInput,
     check_mask,
     load_image,
@@ -42,17 +50,16 @@ from core.specs import PATCH_SIZE, get_spec, resolve_svd_components
 from core.types import EncodedImage, MatchResult, ReferenceFeatures, SegmentationResult
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEFAULT_BASIS_CACHE = Path.home() / ".cache" / "insid3" / "basis"
 
 
 @dataclass(frozen=True)
 class EngineOptions:
     """Algorithm and runtime options of an engine."""
 
-    image_size: int = 1024
+    image_size: int = DEFAULT_IMAGE_SIZE
     svd_components: int = 500
-    tau: float = 0.6
-    merge_threshold: float = 0.2
+    tau: float = DEFAULT_TAU
+    merge_threshold: float = DEFAULT_MERGE_THRESHOLD
     resize_to_original: bool = True
     crf: bool = False
     encoder_batch_size: int = 1  # images per backbone call (1 on CPU, where batching measured slower)
@@ -142,18 +149,18 @@ class Insid3:
     @classmethod
     def build(
         cls,
-        model_size: str = "large",
+        model_size: str = DEFAULT_MODEL_SIZE,
         weights: str | Path | None = None,
-        image_size: int = 1024,
+        image_size: int = DEFAULT_IMAGE_SIZE,
         svd_components: int | None = None,
-        tau: float = 0.6,
-        merge_threshold: float = 0.2,
+        tau: float = DEFAULT_TAU,
+        merge_threshold: float = DEFAULT_MERGE_THRESHOLD,
         device: str = "auto",
         precision: str = "auto",
         weights_tag: str = "lvd1689m",
         pretrain_dir: str | Path = "pretrain",
         basis_cache_dir: str | Path | None = DEFAULT_BASIS_CACHE,
-        cache_bytes: int = 1 << 30,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
         resize_to_original: bool = True,
         crf: bool = False,
         encoder_batch_size: int | None = None,

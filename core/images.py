@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core.defaults import DEFAULT_MAX_PIXELS
 from core.errors import (
     EmptyMaskError,
     ImageTooLargeError,
@@ -28,7 +29,6 @@ ImageInput = str | Path | bytes | bytearray | Image.Image | np.ndarray
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_MAX_PIXELS = 64_000_000
 ASPECT_TOLERANCE = 0.02
 
 

@@ -1,20 +1,36 @@
-"""Engine settings shared by the API (``app.settings``) and the workers (``workers.settings``).
+"""The one settings family: ``EngineSettings`` here, extended by the API's and the workers' settings.
 
-Every field is settable from the environment as ``INSID3_<FIELD>`` (e.g. ``INSID3_MODEL_SIZE``).
+Every field is settable from the environment as ``INSID3_<FIELD>`` (e.g. ``INSID3_MODEL_SIZE``)
+and, through ``add_arguments``, as a command-line option ``--<field-name>`` with the same name,
+default and help in every command; options given on the command line win over the environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import types
+import typing
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Self
+from typing import Any, Literal, Self
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.defaults import (
+    DEFAULT_BASIS_CACHE,
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MERGE_THRESHOLD,
+    DEFAULT_MODEL_SIZE,
+    DEFAULT_TAU,
+)
 from core.errors import ConfigurationError
-from core.specs import DEFAULT_MODEL_SIZE
+from core.specs import MODEL_SIZES
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class EngineSettings(BaseSettings):
@@ -22,22 +38,38 @@ class EngineSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="INSID3_", extra="ignore")
 
-    model_size: str = DEFAULT_MODEL_SIZE
-    weights: str | None = None  # a .pth/.safetensors path, or a hub name ("hub:<weights tag>")
-    weights_tag: str = "lvd1689m"
-    pretrain_dir: Path = Path("pretrain")
-    image_size: int = 1024
-    svd_components: int | None = None  # None: the backbone's documented default
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: str = "auto"  # auto (fp32 on CPU, bf16 on CUDA), fp32, bf16, fp16
-    basis_cache_dir: Path = Path.home() / ".cache" / "insid3" / "basis"
-    cache_bytes: int = 1 << 30  # in-process LRU of reference features
-    max_pixels: int = 64_000_000  # decoded pixel limit per image (decompression bombs)
+    model_size: str = Field(DEFAULT_MODEL_SIZE, description="DINOv3 backbone",
+                            json_schema_extra={"choices": MODEL_SIZES})
+    weights: str | None = Field(None, description="a .pth/.safetensors file, or hub[:TAG]; "
+                                                  "unset: the official file in --pretrain-dir")
+    weights_tag: str = Field("lvd1689m", description="official weights: lvd1689m, or sat493m for large and 7b")
+    pretrain_dir: Path = Field(Path("pretrain"), description="where official weights files are looked for")
+    image_size: int = Field(DEFAULT_IMAGE_SIZE, gt=0, description="images are squashed to this square "
+                                                                  "(a multiple of 16)")
+    svd_components: int | None = Field(None, ge=0, description="positional subspace size; unset: per backbone")
+    tau: float = Field(DEFAULT_TAU, ge=0, le=1, description="clustering threshold")
+    merge_threshold: float = Field(DEFAULT_MERGE_THRESHOLD, ge=0, le=1, description="cluster aggregation threshold")
+    crf: bool = Field(False, description="refine mask boundaries with a dense CRF (extra 'crf')")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    precision: Precision = Field("auto", description="encoder precision (auto: bf16 on CUDA, fp32 on the CPU)")
+    basis_cache_dir: Path = Field(DEFAULT_BASIS_CACHE, description="positional-basis cache")
+    cache_bytes: int = Field(DEFAULT_CACHE_BYTES, ge=0, description="in-process LRU of reference features, bytes")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decoded pixels per image (413 beyond)")
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, names: Iterable[str]) -> Self:
+    def add_arguments(cls, parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
+        """``--<field-name>`` options for ``names`` (default: every scalar field), each defaulting to
+        None so that an option not given leaves the environment's value (or the field's default)."""
+        for name in names or cls.model_fields:
+            kwargs = _argument(name, cls.model_fields[name])
+            if kwargs is not None:
+                parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **kwargs)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Self:
         """The environment's settings with the command-line options that were given on top."""
-        overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+        overrides = {name: value for name, value in vars(args).items()
+                     if name in cls.model_fields and value is not None}
         try:
             return cls(**overrides)
         except ValidationError as exc:
@@ -45,16 +77,21 @@ class EngineSettings(BaseSettings):
 
     def engine_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``Insid3.build``."""
-        return {
-            "model_size": self.model_size,
-            "weights": self.weights,
-            "weights_tag": self.weights_tag,
-            "pretrain_dir": self.pretrain_dir,
-            "image_size": self.image_size,
-            "svd_components": self.svd_components,
-            "device": self.device,
-            "precision": self.precision,
-            "basis_cache_dir": self.basis_cache_dir,
-            "cache_bytes": self.cache_bytes,
-            "max_pixels": self.max_pixels,
-        }
+        return {name: getattr(self, name) for name in EngineSettings.model_fields}
+
+
+def _argument(name: str, field: FieldInfo) -> dict[str, Any] | None:
+    """argparse keyword arguments for one field; None for fields without a scalar option."""
+    kind = field.annotation
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    default = "per process" if field.default_factory else "unset" if field.default is None else field.default
+    help_text = f"{field.description} (default: {default}; env INSID3_{name.upper()})"
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction, "help": help_text}
+    if typing.get_origin(kind) is Literal:
+        return {"choices": typing.get_args(kind), "help": help_text}
+    if kind in (int, float, str, Path):
+        return {"type": kind, "choices": extra.get("choices"), "help": help_text}
+    return None

@@ -28,15 +28,6 @@ class BackboneSpec:
     svd_components: int  # default size of the positional subspace (leaves most channels)
     official_files: dict[str, str] = field(default_factory=dict)  # weights tag -> file name
     timm_kwargs: dict[str, object] = field(default_factory=dict)
-    test_only: bool = False  # tiny shapes for tests; no released weights exist
-
-    @property
-    def weights_tags(self) -> tuple[str, ...]:
-        return tuple(self.official_files)
-
-    def hub_name(self, weights: str) -> str:
-        """The timm/Hugging Face hub name for the released weights (needs internet)."""
-        return f"timm/{self.timm_name.removesuffix('_qkvb')}.{weights}"
 
 
 _SPECS = [
@@ -73,17 +64,16 @@ _SPECS = [
     # Shrunk ViT-S/16 and ViT-S+/16 (the shapes of shared/parity/backbone) for fast tests.
     BackboneSpec(
         "tiny", "vits16", "vit_small_patch16_dinov3_qkvb", 96, 5, 3, "mlp", 24,
-        timm_kwargs={"embed_dim": 96, "depth": 5, "num_heads": 3}, test_only=True,
+        timm_kwargs={"embed_dim": 96, "depth": 5, "num_heads": 3},
     ),
     BackboneSpec(
         "tiny_plus", "vits16plus", "vit_small_plus_patch16_dinov3_qkvb", 128, 5, 2, "swiglu", 32,
-        timm_kwargs={"embed_dim": 128, "depth": 5, "num_heads": 2}, test_only=True,
+        timm_kwargs={"embed_dim": 128, "depth": 5, "num_heads": 2},
     ),
 ]
 
 SPECS: dict[str, BackboneSpec] = {spec.size: spec for spec in _SPECS}
 MODEL_SIZES: tuple[str, ...] = tuple(SPECS)
-DEFAULT_MODEL_SIZE = "large"
 
 
 def get_spec(model_size: str) -> BackboneSpec:

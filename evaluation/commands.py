@@ -7,15 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import InvalidInputError
-from core.specs import DEFAULT_MODEL_SIZE, MODEL_SIZES
+from core.settings import EngineSettings
 from evaluation.datasets import DATASET_NAMES, KEYPOINT, build_segmentation, folds_of
-from evaluation.state import RunDir, to_json
 
 if TYPE_CHECKING:
     from core.engine import Insid3
-
-PRECISIONS = ("fp32", "auto", "bf16", "fp16")
-
 
 def register(subparsers: Any) -> None:
     """Add the ``eval`` sub-command."""
@@ -31,25 +27,14 @@ def register(subparsers: Any) -> None:
     folds.add_argument("--fold", type=int, default=None, help="fold to evaluate (default 0)")
     folds.add_argument("--all-folds", action="store_true", help="every fold, then their mean (the paper)")
     parser.add_argument("--shots", type=int, default=1, help="references per episode")
-    parser.add_argument("--model-size", default=DEFAULT_MODEL_SIZE, choices=MODEL_SIZES)
-    parser.add_argument("--weights", default=None, help="checkpoint path (default: pretrain/<official name>)")
-    parser.add_argument("--weights-tag", default="lvd1689m", help="lvd1689m, or sat493m for large/7b")
-    parser.add_argument("--pretrain-dir", type=Path, default=Path("pretrain"))
-    parser.add_argument("--image-size", type=int, default=1024, help="images are squashed to S x S")
-    parser.add_argument("--tau", type=float, default=0.6, help="clustering threshold")
-    parser.add_argument("--merge-thresh", type=float, default=0.2, help="cluster aggregation threshold")
-    parser.add_argument("--svd-comps", type=int, default=None, help="positional subspace size "
-                        "(default: the backbone's, 500 for large)")
-    parser.add_argument("--crf", action="store_true", help="refine masks with a dense CRF")
+    EngineSettings.add_arguments(parser)
+    parser.set_defaults(precision="fp32")  # the official evaluation runs the encoder in fp32
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=1, help="episodes per engine batch")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N episodes")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="run folder (default output/eval/<dataset>-<fold>-<shots>shot)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --output-dir")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="encoder precision (fp32, as the official evaluation)")
     parser.add_argument("--debiased", action="store_true", help="spair: match positionally debiased features")
     parser.set_defaults(handler=run_eval_command)
 
@@ -99,29 +84,26 @@ def _identity(args: argparse.Namespace, engine: Insid3, fold: int | None) -> dic
         identity["debiased"] = args.debiased
         del identity["shots"], identity["fold"]
     else:
-        identity.update(tau=args.tau, merge_threshold=args.merge_thresh, crf=args.crf)
+        identity.update(tau=engine.options.tau, merge_threshold=engine.options.merge_threshold,
+                        crf=engine.options.crf)
     return identity
 
 
 def _build_engine(args: argparse.Namespace) -> Insid3:
-    """The engine, at S x S output; cache, basis-cache and pixel limits from ``INSID3_*`` settings."""
+    """The engine at S x S output (the official metrics are computed there), from the engine
+    options over the ``INSID3_*`` environment; no CRF for keypoints."""
     from core.engine import Insid3
-    from core.settings import EngineSettings
 
-    settings = EngineSettings()
-    return Insid3.build(
-        model_size=args.model_size, weights=args.weights, weights_tag=args.weights_tag,
-        pretrain_dir=args.pretrain_dir, image_size=args.image_size, svd_components=args.svd_comps,
-        tau=args.tau, merge_threshold=args.merge_thresh, device=args.device, precision=args.precision,
-        crf=args.crf and args.dataset != KEYPOINT, resize_to_original=False, basis_cache_dir=settings.basis_cache_dir,
-        cache_bytes=settings.cache_bytes, max_pixels=settings.max_pixels,
-    )
+    settings = EngineSettings.from_args(args)
+    return Insid3.build(**{**settings.engine_kwargs(), "crf": settings.crf and args.dataset != KEYPOINT},
+                        resize_to_original=False)
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
     """Handler of ``insid3 eval``."""
     from evaluation.datasets import SpairDataset
     from evaluation.runner import RunOptions, mean_over_folds, run_keypoints, run_segmentation
+    from evaluation.state import RunDir, to_json
 
     _validate(args)
     folds = _folds(args)

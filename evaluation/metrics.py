@@ -86,10 +86,12 @@ def pair_pck(
     threshold: float,
     alphas: Sequence[float] = PCK_ALPHAS,
 ) -> list[float]:
-    """Per alpha, the fraction of points within ``alpha * threshold`` pixels (float32, as torch)."""
-    diff = np.asarray(predicted, dtype=np.float32) - np.asarray(truth, dtype=np.float32)
-    distance = np.sqrt(np.sum(diff * diff, axis=-1, dtype=np.float32), dtype=np.float32)
-    return [float(np.mean(distance <= np.float32(alpha * threshold))) for alpha in alphas]
+    """Per alpha, the fraction of points within ``alpha * threshold`` pixels, with the official
+    arithmetic (``torch.norm`` of float32 differences: points exactly on a boundary fall the same way)."""
+    diff = torch.as_tensor(np.asarray(predicted, dtype=np.float32)) - torch.as_tensor(
+        np.asarray(truth, dtype=np.float32))
+    distance = torch.norm(diff, dim=-1)
+    return [float((distance <= alpha * threshold).float().mean()) for alpha in alphas]
 
 
 class PckMeter:

@@ -9,13 +9,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from core.specs import MODEL_SIZES
+from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from workers.admin import Admin
-
-WORKER_OPTIONS = ("redis_url", "model_size", "weights", "image_size", "device", "max_batch", "max_wait_ms",
-                  "name", "metrics_port", "visibility_timeout_s", "max_attempts")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,18 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve jobs from the Redis stream fed by `insid3 serve --redis-url`. Every option is also "
                     "settable as INSID3_<OPTION> in the environment; options given here win. SIGTERM drains.",
     )
-    worker.add_argument("--redis-url", help="default redis://127.0.0.1:6379/0")
-    worker.add_argument("--model-size", choices=MODEL_SIZES, help="DINOv3 backbone (default large)")
-    worker.add_argument("--weights", help="weights file, or hub[:tag] (default: the official file in pretrain/)")
-    worker.add_argument("--image-size", type=int, help="side of the square images are resized to (default 1024)")
-    worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
-    worker.add_argument("--max-batch", type=int, help="jobs per encoder pass (default 8)")
-    worker.add_argument("--max-wait-ms", type=float, help="wait for a batch to fill after its first job (default 10)")
-    worker.add_argument("--name", help="consumer name (default host-pid)")
-    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    worker.add_argument("--visibility-timeout-s", type=float,
-                        help="reclaim jobs a worker has held this long (default 120; above the slowest batch)")
-    worker.add_argument("--max-attempts", type=int, help="tries before a job is dead-lettered (default 3)")
+    WorkerSettings.add_arguments(worker)
     worker.set_defaults(handler=run_worker)
 
     queue = subparsers.add_parser("queue", help="inspect and maintain the Redis job queue")
@@ -67,10 +53,9 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from core.engine import Insid3
     from workers.connection import connect
-    from workers.settings import WorkerSettings
     from workers.worker import Worker
 
-    settings = WorkerSettings.from_args(args, WORKER_OPTIONS)
+    settings = WorkerSettings.from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
     engine = Insid3.build(**settings.engine_kwargs())
     gc.collect()
@@ -107,7 +92,6 @@ def _queue_handler(action: QueueAction) -> Callable[[argparse.Namespace], int]:
 
         from workers.admin import Admin
         from workers.connection import connect
-        from workers.settings import WorkerSettings
 
         url = args.redis_url or WorkerSettings().redis_url
 

@@ -23,11 +23,11 @@ class WorkerSettings(EngineSettings):
     """Everything ``insid3 worker`` is configured with."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    name: str = Field(default_factory=default_name)  # the consumer name in the group
-    max_batch: int = Field(default=8, ge=1)  # jobs per encoder pass
-    max_wait_ms: float = Field(default=10.0, ge=0)  # how long a batch waits to fill after its first job
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus endpoint; None: off
-    visibility_timeout_s: float = Field(default=120.0, gt=0)  # idle pending jobs are reclaimed after this
-    max_attempts: int = Field(default=3, ge=1)  # tries of a job before it is dead-lettered
-    heartbeat_s: float = Field(default=2.0, gt=0)  # liveness renewal period
-    log_level: str = "info"
+    name: str = Field(default_factory=default_name, description="the consumer name in the group")
+    max_batch: int = Field(default=8, ge=1, description="jobs per encoder pass")
+    max_wait_ms: float = Field(default=10.0, ge=0, description="how long a batch waits to fill after its first job")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus endpoint; None: off")
+    visibility_timeout_s: float = Field(default=120.0, gt=0, description="idle pending jobs are reclaimed after this")
+    max_attempts: int = Field(default=3, ge=1, description="tries of a job before it is dead-lettered")
+    heartbeat_s: float = Field(default=2.0, gt=0, description="liveness renewal period")
+    log_level: str = Field("info", description="log level")

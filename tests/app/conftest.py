@@ -39,7 +39,7 @@ class Server:
     def start(self) -> Server:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", "serve", "--port", str(self.port), *self.args],
+                [sys.executable, "-m", "insid3", "serve", "--port", str(self.port), *self.args],
                 cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
         wait_for_port(self.port, timeout_s=120)

@@ -31,7 +31,7 @@ def redis_client(redis_url, start_server, tiny_checkpoint, tmp_path_factory) -> 
     env = {**os.environ, "INSID3_BASIS_CACHE_DIR": str(workdir / "basis")}
     worker_args = tiny_args(tiny_checkpoint)
     with (workdir / "worker.log").open("wb") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "core.cli", "worker", "--redis-url", url, *worker_args],
+        worker = subprocess.Popen([sys.executable, "-m", "insid3", "worker", "--redis-url", url, *worker_args],
                                   cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         server = start_server([*tiny_args(tiny_checkpoint), "--redis-url", url])

@@ -111,7 +111,7 @@ def test_deadline_exceeded_is_504_and_the_server_goes_on(client):
 
 def test_invalid_settings_exit_with_a_message():
     result = subprocess.run(
-        [sys.executable, "-m", "core.cli", "serve", "--port", "1"], cwd=REPO_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "insid3", "serve", "--port", "1"], cwd=REPO_ROOT, capture_output=True, text=True,
         env={"INSID3_MAX_BATCH": "zero", "PATH": ""}, timeout=120,
     )
     assert result.returncode == 2 and "max_batch" in result.stderr

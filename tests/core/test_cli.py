@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-INSID3 = [sys.executable, "-m", "core.cli"]
+INSID3 = [sys.executable, "-m", "insid3"]
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from core.cli import build_parser
 from core.settings import EngineSettings
+from insid3.cli import build_parser
 from tests.conftest import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"

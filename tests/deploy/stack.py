@@ -94,7 +94,7 @@ class Stack:
     def _insid3(self, name: str, compose_service: str, argv: list[str]) -> None:
         env = {**service(compose_service)["environment"], "OMP_NUM_THREADS": "1",
                "INSID3_BASIS_CACHE_DIR": str(self.workdir / "basis"), "INSID3_LOG_LEVEL": "warning"}
-        self._spawn(name, [sys.executable, "-m", "core.cli", *argv], env)
+        self._spawn(name, [sys.executable, "-m", "insid3", *argv], env)
 
     def start_api(self) -> None:
         self.api_port = free_port()

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.cli import main
 from evaluation import runner
 from evaluation.datasets import build_segmentation
 from evaluation.metrics import IouMeter
 from evaluation.sampling import new_rng
+from insid3.cli import main
 
 
 def run_eval(*args: Any) -> int:

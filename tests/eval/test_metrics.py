@@ -93,3 +93,20 @@ def test_pck_is_the_mean_over_pairs_not_over_categories() -> None:
     assert meter.result() == pytest.approx({"0.05": 100 / 3, "0.10": 50.0, "0.15": 200 / 3, "0.20": 100.0})
     assert meter.per_category()["cat"] == pytest.approx({"0.05": 50.0, "0.10": 75.0, "0.15": 100.0, "0.20": 100.0})
     assert meter.per_category()["dog"]["0.20"] == 100.0
+
+
+def test_pck_boundary_points_fall_as_in_the_official_torch_norm() -> None:
+    """Points whose distance lies within an ulp of alpha * threshold: the official arithmetic
+    (``torch.norm`` over float32 differences, compared with the Python-float threshold) decides."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    threshold = 97.3
+    truth = rng.uniform(0, 500, (4000, 2)).astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi, 4000)
+    radius = 0.1 * threshold * (1 + rng.integers(-2, 3, 4000) * np.finfo(np.float32).eps)
+    predicted = (truth + np.stack([np.cos(angle), np.sin(angle)], axis=1) * radius[:, None]).astype(np.float32)
+    official = torch.norm(torch.from_numpy(predicted) - torch.from_numpy(truth), dim=-1)
+    expected = [float((official <= alpha * threshold).float().mean()) for alpha in (0.05, 0.1, 0.15, 0.2)]
+    assert pair_pck(predicted, truth, threshold) == expected
+    assert 0.0 < expected[1] < 1.0  # the points straddle the 0.1 boundary

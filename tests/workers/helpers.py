@@ -71,7 +71,7 @@ class Process:
         self.log = log
         with log.open("wb") as out:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", *args], cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "insid3", *args], cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
                      "INSID3_BASIS_CACHE_DIR": str(log.parent / "basis"), **env},
             )

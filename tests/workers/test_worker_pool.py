@@ -64,7 +64,7 @@ def delta(after: dict[str, float], before: dict[str, float], name: str) -> float
 
 def queue_cli(launcher: Launcher, *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "core.cli", "queue", "--redis-url", launcher.redis_url, *args],
+        [sys.executable, "-m", "insid3", "queue", "--redis-url", launcher.redis_url, *args],
         cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60,
     )
     return result.stdout
