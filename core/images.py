@@ -38,6 +38,12 @@ ASPECT_TOLERANCE = 0.02
 # browsers and scientific tools produce. Pillow's other plugins (DDS, EPS through Ghostscript, PSD,
 # FITS, ...) are rarely sent and widen the attack surface, so they are refused with a 415.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# Pillow allocates decoded images in blocks (16 MB by default). Blocks over glibc's largest mmap
+# threshold (32 MB) are mapped and unmapped on their own, so a huge image's memory goes back to
+# the OS when it is freed instead of staying in a thread's malloc arena.
+PILLOW_BLOCK_BYTES = 64 << 20
+if Image.core.get_block_size() < PILLOW_BLOCK_BYTES:
+    Image.core.set_block_size(PILLOW_BLOCK_BYTES)
 
 
 def _open(source: ImageInput, what: str, max_pixels: int, max_side: int | None = None) -> Image.Image:

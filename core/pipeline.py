@@ -137,8 +137,9 @@ def aggregate_clusters(labels: torch.Tensor, candidates: torch.Tensor, similarit
 def upsample_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bool mask -> (height, width) bool, bilinear (align_corners=False) then > 0.5.
 
-    Large outputs on the CPU are computed in bands of rows (the same bits as ``F.interpolate``),
-    so no float32 copy of the full-resolution mask exists: 1 byte per output pixel in all.
+    Large outputs on the CPU are computed in bands of rows, reproducing the arithmetic of ATen's
+    CPU kernel (the same bits as ``F.interpolate``), so no float32 copy of the full-resolution
+    mask exists: 1 byte per output pixel plus one band.
     """
     if mask.device.type != "cpu" or height * width <= UPSAMPLE_BAND_PIXELS:
         resized = F.interpolate(mask.float()[None, None], size=(height, width), mode="bilinear", align_corners=False)
@@ -151,9 +152,10 @@ def _bilinear_axis(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Ten
     the source coordinate with one rounding, as a fused multiply-add)."""
     scale = torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size, dtype=torch.float32)
     destination = torch.arange(out_size, dtype=torch.float32) + 0.5
-    real = (scale.double() * destination.double() - 0.5).float().clamp_(min=0)
     if in_size == out_size:
         real = torch.arange(out_size, dtype=torch.float32)
+    else:
+        real = (scale.double() * destination.double() - 0.5).float().clamp_(min=0)
     low = real.floor().long().clamp_(max=in_size - 1)
     lambda1 = (real - low).clamp_(0, 1)
     high = low + (low < in_size - 1).long()
@@ -181,7 +183,8 @@ def _upsample_banded(mask: torch.Tensor, height: int, width: int, band_pixels: i
         # multiply-add): near the threshold, where that decides, redo it so in float64.
         close = (value - 0.5).abs_() < 1e-6
         if close.any():
-            fused = second[close].double() + across[upper].double().mul_(row_w0[band, None].double())[close]
+            weights = row_w0[band, None].expand_as(value)[close].double()
+            fused = second[close].double() + across[upper][close].double() * weights
             out[band][close] = fused.float() > 0.5
     return out
 

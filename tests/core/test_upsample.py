@@ -15,11 +15,14 @@ def _reference(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def test_banded_upsampling_is_bit_identical_on_random_masks_and_sizes() -> None:
+    # Outputs with height + width <= 128 take another ATen kernel (vectorised, other roundings);
+    # the banded path only serves outputs over UPSAMPLE_BAND_PIXELS, so they are not drawn here.
     generator = torch.Generator().manual_seed(0)
     mismatches = []
     for _ in range(1000):
         in_h, in_w = torch.randint(1, 40, (2,), generator=generator).tolist()
-        out_h, out_w = torch.randint(1, 120, (2,), generator=generator).tolist()
+        out_h = int(torch.randint(1, 150, (1,), generator=generator))
+        out_w = int(torch.randint(max(1, 129 - out_h), 200, (1,), generator=generator))
         mask = torch.rand(in_h, in_w, generator=generator) < torch.rand(1, generator=generator)
         band = int(torch.randint(1, 4000, (1,), generator=generator))
         if not torch.equal(_upsample_banded(mask, out_h, out_w, band), _reference(mask, out_h, out_w)):
