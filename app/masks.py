@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
@@ -64,13 +65,16 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]]:
     return polygons
 
 
-def split_instances(mask: np.ndarray) -> list[np.ndarray]:
-    """The 8-connected components of ``mask``, largest first."""
+def split_instances(mask: np.ndarray) -> Iterator[np.ndarray]:
+    """The 8-connected components of ``mask``, largest first, one full-size mask at a time."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if count == 0:
-        return []
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    return [labels == index + 1 for index in np.argsort(-areas, kind="stable")]
+    windows = ndimage.find_objects(labels)
+    for index in np.argsort(-areas, kind="stable"):
+        part = np.zeros(mask.shape, dtype=bool)
+        window = windows[index]
+        part[window] = labels[window] == index + 1
+        yield part
 
 
 def _png(image: Image.Image) -> bytes:
