@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 from scipy import ndimage
 
-OVERLAY_COLOUR = np.array([0, 170, 255], dtype=np.float32)
-OVERLAY_ALPHA = 0.5
+from core.visualize import blend_mask
+
+OVERLAY_COLOUR = (0, 170, 255)
 
 # Moving along pixel edges on the corner lattice, with the region on the right-hand side.
 # direction -> (dx, dy), and the (row, col) offsets of the cells right and left of the next edge.
@@ -21,17 +23,8 @@ _LEFT_CELL = {0: (-1, 0), 1: (0, 0), 2: (0, -1), 3: (-1, -1)}
 
 def encode_rle(mask: np.ndarray) -> dict[str, object]:
     """COCO compressed RLE ``{"size": [h, w], "counts": str}``, decodable by pycocotools."""
-    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle = coco_mask.encode(np.asfortranarray(np.asarray(mask, dtype=bool).view(np.uint8)))  # one copy
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def bbox_of(mask: np.ndarray) -> list[int] | None:
-    """[x, y, width, height] of the foreground, None when empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
 
 
 def _trace_outline(component: np.ndarray) -> list[float]:
@@ -72,13 +65,16 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]]:
     return polygons
 
 
-def split_instances(mask: np.ndarray) -> list[np.ndarray]:
-    """The 8-connected components of ``mask``, largest first."""
+def split_instances(mask: np.ndarray) -> Iterator[np.ndarray]:
+    """The 8-connected components of ``mask``, largest first, one full-size mask at a time."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if count == 0:
-        return []
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    return [labels == index + 1 for index in np.argsort(-areas, kind="stable")]
+    windows = ndimage.find_objects(labels)
+    for index in np.argsort(-areas, kind="stable"):
+        part = np.zeros(mask.shape, dtype=bool)
+        window = windows[index]
+        part[window] = labels[window] == index + 1
+        yield part
 
 
 def _png(image: Image.Image) -> bytes:
@@ -89,16 +85,9 @@ def _png(image: Image.Image) -> bytes:
 
 def mask_png(mask: np.ndarray) -> bytes:
     """The mask as an 8-bit grayscale PNG (0 background, 255 foreground)."""
-    return _png(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))
+    return _png(Image.fromarray(np.asarray(mask, dtype=bool).view(np.uint8) * np.uint8(255), mode="L"))
 
 
 def overlay_png(image: Image.Image, mask: np.ndarray) -> bytes:
-    """The target with the mask tinted and outlined, as a PNG."""
-    if image.size != (mask.shape[1], mask.shape[0]):
-        image = image.resize((mask.shape[1], mask.shape[0]), Image.BILINEAR)
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    tinted = pixels.copy()
-    tinted[mask] = (1 - OVERLAY_ALPHA) * pixels[mask] + OVERLAY_ALPHA * OVERLAY_COLOUR
-    outline = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(mask.shape) // 256))
-    tinted[outline] = OVERLAY_COLOUR
-    return _png(Image.fromarray(tinted.astype(np.uint8), mode="RGB"))
+    """The target with the mask tinted and outlined, as a PNG at the image's size."""
+    return _png(blend_mask(image, mask, OVERLAY_COLOUR))

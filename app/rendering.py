@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import base64
 
-from app.masks import bbox_of, encode_rle, mask_png, mask_polygons, overlay_png, split_instances
+from app.masks import encode_rle, mask_png, mask_polygons, overlay_png, split_instances
 from app.schemas import RLE, Instance, SegmentFormat, TargetResult
 from core.images import load_image
-from core.types import SegmentationResult
+from core.types import SegmentationResult, mask_bbox
+
+OVERLAY_MAX_SIDE = 4096  # overlays of larger targets are drawn reduced by an integer factor
 
 
 def result_png(result: SegmentationResult, target: bytes, fmt: SegmentFormat, max_pixels: int) -> bytes:
-    """The mask (``png``) or the target with the mask drawn on it (``overlay``) as a PNG."""
+    """The mask (``png``) or the target with the mask drawn on it (``overlay``, at most
+    ``OVERLAY_MAX_SIDE`` px on its long side) as a PNG."""
     if fmt == "overlay":
-        return overlay_png(load_image(target, max_pixels), result.mask)
+        return overlay_png(load_image(target, max_pixels, max_side=OVERLAY_MAX_SIDE), result.mask)
     return mask_png(result.mask)
 
 
@@ -25,7 +28,7 @@ def target_result(
     mask = result.mask
     body = TargetResult(
         index=index, filename=filename, width=int(mask.shape[1]), height=int(mask.shape[0]),
-        area=result.area, bbox=bbox_of(mask), score=result.score,
+        area=result.area, bbox=_listed(result.bbox), score=result.score,
         timings={name: round(value, 3) for name, value in result.timings.items()},
     )
     if fmt == "rle":
@@ -37,9 +40,15 @@ def target_result(
     if instances:
         body.instances = [
             Instance(
-                area=int(part.sum()), bbox=bbox_of(part) or [0, 0, 0, 0], rle=RLE.model_validate(encode_rle(part)),
+                area=int(part.sum()), bbox=_listed(mask_bbox(part)) or [0, 0, 0, 0],
+                rle=RLE.model_validate(encode_rle(part)),
                 polygons=mask_polygons(part) if fmt == "polygons" else None,
             )
             for part in split_instances(mask)
         ]
     return body
+
+
+def _listed(bbox: tuple[int, int, int, int] | None) -> list[int] | None:
+    """A bbox as the JSON body carries it: [x, y, width, height], None when empty."""
+    return None if bbox is None else list(bbox)

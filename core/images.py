@@ -8,14 +8,18 @@ applied, converted to 8-bit RGB (grayscale, RGBA, palette and 16-bit included), 
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from core.defaults import DEFAULT_MAX_PIXELS
 from core.errors import (
@@ -30,42 +34,112 @@ ImageInput = str | Path | bytes | bytearray | Image.Image | np.ndarray
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ASPECT_TOLERANCE = 0.02
+# The decoders an upload may use: the formats cameras, phones (multi-picture JPEGs open as JPEG/MPO),
+# browsers and scientific tools produce. Pillow's other plugins (DDS, EPS through Ghostscript, PSD,
+# FITS, ...) are rarely sent and widen the attack surface, so they are refused with a 415.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# Pillow allocates decoded images in blocks (16 MB by default). Blocks over glibc's largest mmap
+# threshold (32 MB) are mapped and unmapped on their own, so a huge image's memory goes back to
+# the OS when it is freed instead of staying in a thread's malloc arena.
+PILLOW_BLOCK_BYTES = 64 << 20
+if Image.core.get_block_size() < PILLOW_BLOCK_BYTES:
+    Image.core.set_block_size(PILLOW_BLOCK_BYTES)
 
 
-def _open(source: ImageInput, what: str, max_pixels: int) -> Image.Image:
-    """A fully decoded PIL image with EXIF orientation applied."""
+def _open(source: ImageInput, what: str, max_pixels: int, max_side: int | None = None) -> Image.Image:
+    """A fully decoded PIL image with EXIF orientation applied (the first frame of multi-frame files)."""
     if isinstance(source, Image.Image):
-        image = source
-    elif isinstance(source, np.ndarray):
+        _check_pixels(source, what, max_pixels)
+        with _decoding(what):
+            return _transposed(source, in_place=False)
+    if isinstance(source, np.ndarray):
         return Image.fromarray(_array_to_uint8(source, what))
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise InvalidImageError(f"{what} is empty (0 bytes)")
+        stream: io.BytesIO | Path = io.BytesIO(source)
     else:
-        if isinstance(source, (bytes, bytearray)):
-            if not source:
-                raise InvalidImageError(f"{what} is empty (0 bytes)")
-            stream: io.BytesIO | Path = io.BytesIO(source)
-        else:
-            stream = Path(source)
-            if not stream.is_file():
-                raise InvalidImageError(f"{what}: no such file {str(stream)!r}")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(stream)
-                _check_pixels(image, what, max_pixels)
-                image.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageTooLargeError(f"{what} is too large to decode safely: {exc}") from None
-        except ImageTooLargeError:
-            raise
-        except UnidentifiedImageError:
-            raise InvalidImageError(f"{what} is not an image in a format we can read") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise InvalidImageError(f"{what} is not a readable image: {exc}") from None
-    _check_pixels(image, what, max_pixels)
+        stream = Path(source)
+        if not stream.is_file():
+            raise InvalidImageError(f"{what}: no such file {str(stream)!r}")
+    with _decoding(what):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                image = Image.open(stream, formats=ALLOWED_FORMATS)
+            except UnidentifiedImageError:
+                raise InvalidImageError(_unidentified(stream, what)) from None
+            _check_pixels(image, what, max_pixels)
+            reduced = None if max_side is None else _reduced_size(image.size, max_side)
+            if reduced is not None:  # JPEG: decode at the smallest DCT scale near the reduced size
+                factor = _reduction(image.size, max_side)
+                image.draft(None, (max(1, image.width // factor), max(1, image.height // factor)))
+            image.load()
+            if reduced is not None and image.size != reduced:
+                image = _to_rgb(image).resize(reduced, Image.BOX)
+        return _transposed(image, in_place=True)
+
+
+@contextmanager
+def _decoding(what: str) -> Iterator[None]:
+    """Any failure of Pillow on an upload becomes a 415 (or a 413 for size and memory)."""
     try:
-        return ImageOps.exif_transpose(image)
+        yield
+    except (InvalidImageError, ImageTooLargeError):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"{what} is too large to decode safely: {exc}") from None
+    except MemoryError:
+        raise ImageTooLargeError(f"{what} needs more memory to decode than is available") from None
+    except Exception as exc:  # decoding is total: a broken file is the sender's error
+        raise InvalidImageError(f"{what} is not a readable image: {type(exc).__name__}: {exc}") from None
+
+
+def _unidentified(stream: io.BytesIO | Path, what: str) -> str:
+    """Why Pillow's allow-listed decoders refused ``stream``: the format it is in, when known."""
+    with stream.open("rb") if isinstance(stream, Path) else contextlib.nullcontext(stream) as file:
+        file.seek(0)
+        prefix = file.read(16)
+    Image.init()
+    for name, (_, accept) in Image.OPEN.items():
+        if name not in ALLOWED_FORMATS and accept is not None and _accepts(accept, prefix):
+            return f"{what} is a {name} image, which is not accepted (accepted: {', '.join(ALLOWED_FORMATS)})"
+    return f"{what} is not an image in a format we can read (accepted: {', '.join(ALLOWED_FORMATS)})"
+
+
+def _accepts(accept: Callable[[bytes], object], prefix: bytes) -> bool:
+    try:
+        return bool(accept(prefix))
+    except Exception:  # a plugin's sniffer failing only means "not this format"
+        return False
+
+
+def _transposed(image: Image.Image, in_place: bool) -> Image.Image:
+    """``image`` with its EXIF orientation applied; a broken EXIF block leaves it as it is."""
+    try:
+        exif = image.getexif()
     except Exception:  # a broken EXIF block must not reject an otherwise fine image
         return image
+    if exif.get(ExifTags.Base.Orientation, 1) in (None, 1):
+        return image
+    try:
+        transposed = ImageOps.exif_transpose(image, in_place=in_place)
+    except Exception:  # as above
+        return image
+    return image if transposed is None else transposed
+
+
+def _reduction(size: tuple[int, int], max_side: int) -> int:
+    """The integer factor that brings the long side of ``size`` to at most ``max_side``."""
+    return math.ceil(max(size) / max_side)
+
+
+def _reduced_size(size: tuple[int, int], max_side: int) -> tuple[int, int] | None:
+    """``size`` divided by that factor (rounded up), None when it already fits."""
+    if max(size) <= max_side:
+        return None
+    factor = _reduction(size, max_side)
+    return math.ceil(size[0] / factor), math.ceil(size[1] / factor)
 
 
 def _check_pixels(image: Image.Image, what: str, max_pixels: int) -> None:
@@ -89,21 +163,32 @@ def _array_to_uint8(array: np.ndarray, what: str) -> np.ndarray:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
         return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.integer):
-        scale = 257.0 if array.max(initial=0) > 255 else 1.0
-        return np.clip(array / scale, 0, 255).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):  # integer arithmetic: no float64 copy of the image
+        if array.max(initial=0) > 255:
+            array = array // 257
+        return np.clip(array, 0, 255).astype(np.uint8)
     raise InvalidImageError(f"{what}: unsupported array dtype {array.dtype}")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         return Image.fromarray(_array_to_uint8(np.asarray(image), "image")).convert("RGB")
     return image.convert("RGB")
 
 
-def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode ``source`` to an RGB PIL image (EXIF orientation applied)."""
-    return _to_rgb(_open(source, "image", max_pixels))
+def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None) -> Image.Image:
+    """Decode ``source`` to an RGB PIL image (EXIF orientation applied).
+
+    ``max_side``: a longer image is reduced by the smallest integer factor that fits (rounded up),
+    decoded at a reduced scale where the format allows (JPEG), for pictures that need no more.
+    """
+    image = _open(source, "image", max_pixels, max_side)
+    with _decoding("image"):
+        image = _to_rgb(image)
+        reduced = None if max_side is None else _reduced_size(image.size, max_side)
+        return image if reduced is None else image.resize(reduced, Image.BOX)  # PIL images and arrays
 
 
 def load_mask(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -111,7 +196,8 @@ def load_mask(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
     if isinstance(source, np.ndarray) and source.ndim in (2, 3):
         array = source
     else:
-        array = np.asarray(_open(source, "mask", max_pixels))  # palette masks: the index (as official)
+        with _decoding("mask"):
+            array = np.asarray(_open(source, "mask", max_pixels))  # palette masks: the index (as official)
     if array.ndim == 3:
         array = array.any(axis=2)
     return np.asarray(array != 0)

@@ -30,6 +30,7 @@ from core.clustering import cluster_patches
 SOFTMAX_TEMPERATURE = 0.04
 KERNEL_SIGMA = 7.0
 FORWARD_FALLBACK_QUANTILE = 0.9
+UPSAMPLE_BAND_PIXELS = 1 << 20  # float32 values per band of a large mask upsampling (4 MB)
 
 
 def downsample_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -134,9 +135,58 @@ def aggregate_clusters(labels: torch.Tensor, candidates: torch.Tensor, similarit
 
 
 def upsample_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bool mask -> (height, width) bool, bilinear (align_corners=False) then > 0.5."""
-    resized = F.interpolate(mask.float()[None, None], size=(height, width), mode="bilinear", align_corners=False)
-    return resized[0, 0] > 0.5
+    """Bool mask -> (height, width) bool, bilinear (align_corners=False) then > 0.5.
+
+    Large outputs on the CPU are computed in bands of rows, reproducing the arithmetic of ATen's
+    CPU kernel (the same bits as ``F.interpolate``), so no float32 copy of the full-resolution
+    mask exists: 1 byte per output pixel plus one band.
+    """
+    if mask.device.type != "cpu" or height * width <= UPSAMPLE_BAND_PIXELS:
+        resized = F.interpolate(mask.float()[None, None], size=(height, width), mode="bilinear", align_corners=False)
+        return resized[0, 0] > 0.5
+    return _upsample_banded(mask, height, width, UPSAMPLE_BAND_PIXELS)
+
+
+def _bilinear_axis(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices and weights along one axis, computed as ATen's CPU kernel does (float32,
+    the source coordinate with one rounding, as a fused multiply-add)."""
+    scale = torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size, dtype=torch.float32)
+    destination = torch.arange(out_size, dtype=torch.float32) + 0.5
+    if in_size == out_size:
+        real = torch.arange(out_size, dtype=torch.float32)
+    else:
+        real = (scale.double() * destination.double() - 0.5).float().clamp_(min=0)
+    low = real.floor().long().clamp_(max=in_size - 1)
+    lambda1 = (real - low).clamp_(0, 1)
+    high = low + (low < in_size - 1).long()
+    return low, high, 1 - lambda1, lambda1
+
+
+def _upsample_banded(mask: torch.Tensor, height: int, width: int, band_pixels: int) -> torch.Tensor:
+    """``upsample_mask`` a band of output rows at a time (about ``band_pixels`` float32 values each)."""
+    source = mask.float()
+    row0, row1, row_w0, row_w1 = _bilinear_axis(source.shape[0], height)
+    col0, col1, col_w0, col_w1 = _bilinear_axis(source.shape[1], width)
+    out = torch.empty((height, width), dtype=torch.bool)
+    rows = max(1, band_pixels // width)
+    for top in range(0, height, rows):
+        band = slice(top, top + rows)
+        needed, inverse = torch.unique(torch.cat([row0[band], row1[band]]), return_inverse=True)
+        picked = source[needed]
+        across = picked[:, col0] * col_w0 + picked[:, col1] * col_w1  # horizontal pass, per source row
+        upper, lower = inverse.split(len(inverse) // 2)
+        first = across[upper] * row_w0[band, None]
+        second = across[lower] * row_w1[band, None]
+        value = first + second
+        out[band] = value > 0.5
+        # ATen adds the first product to the rounded second one with one rounding (a fused
+        # multiply-add): near the threshold, where that decides, redo it so in float64.
+        close = (value - 0.5).abs_() < 1e-6
+        if close.any():
+            weights = row_w0[band, None].expand_as(value)[close].double()
+            fused = second[close].double() + across[upper][close].double() * weights
+            out[band][close] = fused.float() > 0.5
+    return out
 
 
 @dataclass

@@ -83,6 +83,16 @@ class ReferenceFeatures:
             )
 
 
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x, y, width, height) of a mask's foreground, None when empty: the one bbox of a prediction
+    (the API's JSON bodies, instances and PNG headers use it too)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
 @dataclass
 class SegmentationResult:
     """The predicted mask of one target with its summary numbers."""
@@ -98,11 +108,7 @@ class SegmentationResult:
     @property
     def bbox(self) -> tuple[int, int, int, int] | None:
         """(x, y, width, height) of the mask, None when empty."""
-        rows = np.flatnonzero(self.mask.any(axis=1))
-        cols = np.flatnonzero(self.mask.any(axis=0))
-        if rows.size == 0:
-            return None
-        return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+        return mask_bbox(self.mask)
 
 
 @dataclass
