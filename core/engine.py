@@ -47,7 +47,7 @@ from core.pipeline import downsample_mask, match_keypoints, segment_grid, upsamp
 from core.requests import MatchRequest, ReferenceRequest, Request, SegmentRequest, reference_ids
 from core.serving import ReferenceNotFound
 from core.specs import PATCH_SIZE, get_spec, resolve_svd_components
-from core.types import EncodedImage, MatchResult, ReferenceFeatures, SegmentationResult
+from core.types import EncodedImage, MatchResult, ModelInput, ReferenceFeatures, SegmentationResult
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -102,9 +102,9 @@ def content_bytes(source: ImageInput | None) -> bytes:
 
 @dataclass(frozen=True)
 class PreparedReference:
-    """A decoded reference image with its validated mask at image_size (None: matching only)."""
+    """A decoded reference image, squashed, with its validated mask at image_size (None: matching only)."""
 
-    image: Image.Image
+    input: ModelInput
     mask: torch.Tensor | None
     mask_area: int
 
@@ -117,15 +117,15 @@ class _PreparedReference:
     reference: PreparedReference
 
     @property
-    def image(self) -> Image.Image:
-        return self.reference.image
+    def input(self) -> ModelInput:
+        return self.reference.input
 
 
 @dataclass(frozen=True)
 class _PreparedTarget:
-    """A target decoded, with the checked references its request names."""
+    """A target decoded and squashed, with the checked references its request names."""
 
-    image: Image.Image
+    input: ModelInput
     references: list[ReferenceFeatures]
 
 
@@ -235,17 +235,24 @@ class Insid3:
 
     def encode_decoded(self, images: Sequence[Image.Image]) -> list[EncodedImage]:
         """Encode already-decoded RGB images."""
+        return self.encode_inputs([self.model_input(image) for image in images])
+
+    def model_input(self, image: Image.Image) -> ModelInput:
+        """``image`` squashed to the network's input square (the original can then be freed)."""
+        return ModelInput(resize_square(image, self.image_size), (image.height, image.width))
+
+    def encode_inputs(self, inputs: Sequence[ModelInput]) -> list[EncodedImage]:
+        """Encode squashed images, ``encoder_batch_size`` per backbone call."""
         encoded: list[EncodedImage] = []
         step = self.options.encoder_batch_size
-        for first in range(0, len(images), step):
-            chunk = images[first:first + step]
-            pixels = [resize_square(image, self.image_size) for image in chunk]
+        for first in range(0, len(inputs), step):
+            chunk = inputs[first:first + step]
+            pixels = [item.pixels for item in chunk]
             features = self.encode_tensor(torch.stack([pixels_to_tensor(p) for p in pixels]))
             debiased = debias(features, self.basis)
             encoded += [
-                EncodedImage(features[i], debiased[i], (image.height, image.width),
-                             pixels[i] if self.options.crf else None)
-                for i, image in enumerate(chunk)
+                EncodedImage(features[i], debiased[i], item.original_size, item.pixels if self.options.crf else None)
+                for i, item in enumerate(chunk)
             ]
         return encoded
 
@@ -271,7 +278,7 @@ class Insid3:
                 missing[key] = pair
         if missing:
             prepared = [self.prepare_reference(image, mask) for image, mask in missing.values()]
-            encoded = self.encode_decoded([p.image for p in prepared])
+            encoded = self.encode_inputs([p.input for p in prepared])
             for key, item, features in zip(missing, prepared, encoded, strict=True):
                 found[key] = self.finish_reference(key, item, features)
         return [found[key] for key in keys]
@@ -280,10 +287,11 @@ class Insid3:
         """Decode and validate a reference (empty or mis-shaped masks are rejected) before encoding."""
         decoded = load_image(image, self.options.max_pixels)
         if mask is None:
-            return PreparedReference(decoded, None, 0)
+            return PreparedReference(self.model_input(decoded), None, 0)
         mask_array = load_mask(mask, self.options.max_pixels)
         check_mask(mask_array, (decoded.height, decoded.width))
-        return PreparedReference(decoded, mask_to_tensor(mask_array, self.image_size), int(mask_array.sum()))
+        return PreparedReference(self.model_input(decoded), mask_to_tensor(mask_array, self.image_size),
+                                 int(mask_array.sum()))
 
     def finish_reference(self, key: str, prepared: PreparedReference, encoded: EncodedImage) -> ReferenceFeatures:
         """The reference features of a prepared, encoded reference, stored in the cache."""
@@ -424,7 +432,7 @@ class Insid3:
                 outcomes[index] = prepared  # an identical reference is cached
             else:
                 pending.append((index, prepared))
-        encoded = self._encode_each([prepared.image for _, prepared in pending])
+        encoded = self._encode_each([prepared.input for _, prepared in pending])
         for (index, prepared), features in zip(pending, encoded, strict=True):
             try:
                 if isinstance(features, Exception):
@@ -453,20 +461,20 @@ class Insid3:
                     checked[reference_id] = error
             if isinstance(checked[reference_id], Exception):
                 raise checked[reference_id]
-        return _PreparedTarget(load_image(request.target, self.options.max_pixels),
+        return _PreparedTarget(self.model_input(load_image(request.target, self.options.max_pixels)),
                                [checked[r] for r in reference_ids(request)])
 
-    def _encode_each(self, images: Sequence[Image.Image]) -> list[EncodedImage | Exception]:
-        """``encode_decoded`` over all images; when that fails, each image alone so a failure is its own."""
+    def _encode_each(self, inputs: Sequence[ModelInput]) -> list[EncodedImage | Exception]:
+        """``encode_inputs`` over all inputs; when that fails, each input alone so a failure is its own."""
         try:
-            return list(self.encode_decoded(images))
+            return list(self.encode_inputs(inputs))
         except Exception:
-            if len(images) <= 1:
+            if len(inputs) <= 1:
                 raise
         outcomes: list[EncodedImage | Exception] = []
-        for image in images:
+        for item in inputs:
             try:
-                outcomes += self.encode_decoded([image])
+                outcomes += self.encode_inputs([item])
             except Exception as error:
                 outcomes.append(error)
         return outcomes

@@ -15,6 +15,14 @@ _FEATURE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
+class ModelInput:
+    """An image squashed to the network's input square; the decoded original is not kept."""
+
+    pixels: np.ndarray  # (S, S, 3) uint8
+    original_size: tuple[int, int]  # (H, W) of the decoded image
+
+
+@dataclass(frozen=True)
 class EncodedImage:
     """One image through the backbone: normalised raw and debiased (C, h, w) feature maps."""
 

@@ -20,8 +20,8 @@ def counted(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Ins
     engine = Insid3.build(model_size="tiny", weights=str(tiny_checkpoint), image_size=64, device="cpu",
                           precision="fp32", basis_cache_dir=None, resize_to_original=False)
     encoded: list[int] = []
-    original = engine.encode_decoded
-    monkeypatch.setattr(engine, "encode_decoded", lambda images: encoded.append(len(images)) or original(images))
+    original = engine.encode_inputs
+    monkeypatch.setattr(engine, "encode_inputs", lambda inputs: encoded.append(len(inputs)) or original(inputs))
     return engine, encoded
 
 
