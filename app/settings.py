@@ -32,6 +32,7 @@ class Settings(EngineSettings):
     max_shots: int = Field(default=16, ge=1)  # references per /segment request
     max_points: int = Field(default=1024, ge=1)  # points per /match request
     request_timeout_s: float = Field(default=60.0, gt=0)  # deadline of one request (504 after)
+    render_concurrency: int = Field(default=2, ge=1)  # PNG/overlay/polygon renderings at once
     retry_after_s: int = Field(default=1, ge=1)  # Retry-After of a 503 for a full queue
     reference_ttl_s: float = Field(default=86_400.0, ge=0)  # default lifetime; 0 = forever
     reference_dir: Path | None = None  # embedded mode: keep references on disk across restarts
