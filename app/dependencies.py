@@ -1,16 +1,24 @@
-"""Dependencies injected into the routes: settings, the backend, authentication, deadlines."""
+"""Dependencies injected into the routes: settings, the backend, authentication, deadlines,
+repeated fields, rendering slots."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
-from typing import Annotated
+import types
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from fastapi import Depends, Header, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 
 from app.settings import Settings
-from core.serving import InferenceBackend
+from core.serving import DeadlineExceeded, InferenceBackend
+
+T = TypeVar("T")
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when INSID3_API_KEYS is set.")
 
@@ -53,3 +61,80 @@ def request_deadline(
 
 
 DeadlineDep = Annotated[float, Depends(request_deadline)]
+
+
+def _is_sequence(annotation: Any) -> bool:
+    """Whether a parameter annotation accepts several values (``list[...]``, optionally ``| None``)."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_is_sequence(arg) for arg in get_args(annotation))
+    return origin in (list, set, tuple, Sequence) or annotation in (list, set, tuple)
+
+
+async def reject_repeated_fields(request: Request) -> None:
+    """422 naming every single-valued form field or query parameter of the route that the
+    request gives more than once (FastAPI would silently keep the last one)."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    given: dict[str, list[Any]] = {}
+    if route.dependant.query_params:
+        given["query"] = [key for key, _ in request.query_params.multi_items()]
+    content_type = request.headers.get("content-type", "")
+    if route.dependant.body_params and content_type.startswith(("multipart/form-data", "application/x-www-form")):
+        given["body"] = [key for key, _ in (await request.form()).multi_items()]
+    errors = [
+        {"loc": (where, field.alias), "msg": f"given {keys.count(field.alias)} times; send it once",
+         "type": "repeated_field", "input": None}
+        for where, fields in (("query", route.dependant.query_params), ("body", route.dependant.body_params))
+        if (keys := given.get(where)) is not None
+        for field in fields
+        if keys.count(field.alias) > 1 and not _is_sequence(field.field_info.annotation)
+    ]
+    if errors:
+        raise RequestValidationError(errors)
+
+
+def _too_late() -> DeadlineExceeded:
+    return DeadlineExceeded("the request's deadline passed while rendering its answer; the answer was dropped")
+
+
+class RenderSlots:
+    """At most ``slots`` renderings run at once (threads); a request waits for a slot and for
+    its rendering only until its deadline. A slot is freed when its thread ends, not before:
+    a rendering whose request gave up still holds its slot until it finishes."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = asyncio.Semaphore(slots)
+
+    async def run(self, function: Callable[[], T], deadline: float) -> T:
+        """``function()`` in a thread, or ``DeadlineExceeded`` once ``deadline`` passes (then no
+        rendering starts, and one already running is no longer waited for)."""
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.time())):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise _too_late() from None
+        if time.time() >= deadline:
+            self._slots.release()
+            raise _too_late()
+        future = asyncio.get_running_loop().run_in_executor(None, function)
+        future.add_done_callback(self._release)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.time())):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            raise _too_late() from None
+
+    def _release(self, future: asyncio.Future[Any]) -> None:
+        self._slots.release()
+        if not future.cancelled():
+            future.exception()  # retrieved: an abandoned rendering's failure is not logged as unhandled
+
+
+def get_render_slots(request: Request) -> RenderSlots:
+    """The app's rendering slots (``INSID3_RENDER_CONCURRENCY``)."""
+    return request.app.state.render_slots
+
+
+RenderDep = Annotated[RenderSlots, Depends(get_render_slots)]

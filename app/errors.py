@@ -61,7 +61,8 @@ ERROR_DESCRIPTIONS = {
     409: "Reference encoded by another model or at another image size.",
     413: "Upload over INSID3_MAX_UPLOAD_BYTES, or an image over INSID3_MAX_PIXELS (decompression bomb).",
     415: "Not an image, or a truncated image.",
-    422: "Invalid parameters, empty mask, or a mask whose aspect differs from its image's.",
+    422: "Invalid parameters (a single-valued field given twice included), empty mask, or a mask whose "
+         "aspect differs from its image's.",
     503: "Model not ready (the detail says why) or queue full (with Retry-After).",
     504: "The request's deadline passed; its job was dropped.",
 }

@@ -9,10 +9,10 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from app.dependencies import require_api_key
+from app.dependencies import RenderSlots, reject_repeated_fields, require_api_key
 from app.errors import install_error_handlers
 from app.metrics import MetricsMiddleware
-from app.middleware import BodyLimitMiddleware
+from app.middleware import BodyLimitMiddleware, DisconnectMiddleware
 from app.routes import health, match, metrics, page, references, segment
 from app.routes.page import STATIC_DIR
 from app.settings import Settings
@@ -54,13 +54,15 @@ def create_app(settings: Settings | None = None, backend: InferenceBackend | Non
     app = FastAPI(title="INSID3 serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.backend = backend
+    app.state.render_slots = RenderSlots(settings.render_concurrency)
     install_error_handlers(app)
     auth = [Depends(require_api_key)] if settings.api_keys else []  # documented only when enforced
     for module in (references, segment, match):
-        app.include_router(module.router, dependencies=auth)
+        app.include_router(module.router, dependencies=[*auth, Depends(reject_repeated_fields)])
     for module in (health, metrics, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(DisconnectMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(

@@ -1,8 +1,12 @@
-"""ASGI middleware that guards the app: the request body size limit."""
+"""ASGI middleware that guards the app: the request body size limit, and dropping the work of a
+request whose client went away."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -67,3 +71,69 @@ class BodyLimitMiddleware:
                 raise
         if exceeded and not response_started:
             await send_json_error(send, 413, "upload_too_large", self._detail("larger"))
+
+
+CLIENT_GONE_STATUS = 499  # nginx's "client closed request": recorded in the metrics, sent to nobody
+
+
+class DisconnectMiddleware:
+    """Cancels the handling of a request whose client disconnects before the response starts.
+
+    Starlette keeps running a handler whose client went away; cancelling it cancels whatever it
+    awaits (a queued job is then dropped unrun, see ``BatchingLoop.submit``). The disconnect is
+    watched for once the app has read the whole request body; the app itself then sees
+    ``http.disconnect`` only when the client is gone. The cancelled request is answered 499
+    (recorded by the metrics, discarded by the server)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_read, gone = asyncio.Event(), asyncio.Event()
+        response_started = False
+
+        async def watched_receive() -> Message:
+            if body_read.is_set():
+                await gone.wait()
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+            elif not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = True
+            await send(message)
+
+        handler = asyncio.ensure_future(self.app(scope, watched_receive, watched_send))
+        watcher = asyncio.ensure_future(self._watch(receive, body_read, gone, handler, lambda: response_started))
+        try:
+            await handler
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not gone.is_set() or (current is not None and current.cancelling()):
+                raise
+            await send_json_error(send, CLIENT_GONE_STATUS, "client_closed_request",
+                                  "the client disconnected before the answer; its queued work was dropped")
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    @staticmethod
+    async def _watch(receive: Receive, body_read: asyncio.Event, gone: asyncio.Event,
+                     handler: asyncio.Future[None], started: Callable[[], bool]) -> None:
+        """Once the body is read, wait for ``http.disconnect`` and cancel the handler if no
+        response has started."""
+        await body_read.wait()
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+        if not started():
+            handler.cancel()

@@ -31,6 +31,7 @@ class Settings(EngineSettings):
     max_targets: int = Field(default=16, ge=1, description="target images per /segment request")
     max_shots: int = Field(default=16, ge=1, description="references per /segment request")
     max_points: int = Field(default=1024, ge=1, description="points per /match request")
+    render_concurrency: int = Field(default=2, ge=1, description="response renderings at once (all formats)")
     request_timeout_s: float = Field(default=60.0, gt=0, description="deadline of one request (504 after)")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503 for a full queue")
     reference_ttl_s: float = Field(default=86_400.0, ge=0, description="default lifetime; 0 = forever")

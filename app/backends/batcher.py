@@ -2,7 +2,9 @@
 
 Jobs wait in a bounded queue; the loop takes up to ``max_batch`` of them (waiting at most
 ``max_wait_s`` for a batch to fill) and runs them in one ``Insid3.run_batch`` call on a single
-worker thread. Jobs whose request gave up (deadline passed, client gone) are dropped unrun.
+worker thread. Jobs whose request gave up (deadline passed, client gone: its ``submit`` is
+cancelled) leave the queue at once and are never run. A failure is the failing job's own: when
+a whole batch call fails, its jobs are run again one by one.
 """
 
 from __future__ import annotations
@@ -90,6 +92,12 @@ class BatchingLoop:
         finally:
             for future in futures:
                 future.cancel()  # no-op for finished ones; unrun ones are then dropped
+            self._drop_abandoned()
+
+    def _drop_abandoned(self) -> None:
+        """Forget queued jobs whose request gave up, so that they no longer count as queued."""
+        if any(pending.future.done() for pending in self._pending):
+            self._pending = deque(pending for pending in self._pending if not pending.future.done())
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -105,14 +113,27 @@ class BatchingLoop:
             if not batch:
                 continue
             references = {key: value for pending in batch for key, value in pending.references.items()}
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._run_batch, [p.request for p in batch], references)
-            except Exception as exc:  # run_batch isolates failures per job; this is a last resort
-                results = [exc] * len(batch)
+            results = await loop.run_in_executor(
+                self._executor, self._run_isolated, [p.request for p in batch], references)
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
+
+    def _run_isolated(self, requests: Sequence[Request], references: References) -> Sequence[object]:
+        """``run_batch`` over ``requests``; if the call itself fails, each request alone, so that
+        one request's failure is never another's (worker thread)."""
+        try:
+            return self._run_batch(requests, references)
+        except Exception as exc:
+            if len(requests) == 1:
+                return [exc]
+        outcomes: list[object] = []
+        for request in requests:
+            try:
+                outcomes += self._run_batch([request], references)
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def _fill(self) -> None:
         """Wait up to ``max_wait_s`` for the queue to hold a full batch."""

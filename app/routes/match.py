@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 
 from app.dependencies import BackendDep, DeadlineDep, SettingsDep
 from app.errors import error_responses
+from app.routes.inline import InlineReferences
 from app.schemas import MatchedPoint, MatchResponse
 from core.errors import InvalidInputError
 
@@ -25,7 +26,7 @@ def parse_points(text: str, max_points: int) -> list[tuple[float, float]]:
     """``[[x, y], ...]`` as JSON into finite (x, y) pairs, or a clear ``InvalidInputError``."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: brackets nested past the parser's depth
         value = None
     if (
         not isinstance(value, list) or not value
@@ -36,6 +37,15 @@ def parse_points(text: str, max_points: int) -> list[tuple[float, float]]:
     if len(value) > max_points:
         raise InvalidInputError(f"{len(value)} points, over the limit of {max_points} (INSID3_MAX_POINTS)")
     return [(float(x), float(y)) for x, y in value]
+
+
+def _check_inside(points: list[tuple[float, float]], width: int, height: int) -> None:
+    """Every point lies inside the reference image."""
+    outside = [(x, y) for x, y in points if not (0 <= x < width and 0 <= y < height)]
+    if outside:
+        raise InvalidInputError(
+            f"{len(outside)} point(s) outside the {width}x{height} reference, e.g. {list(outside[0])}"
+        )
 
 
 @router.post(
@@ -59,17 +69,14 @@ async def match(
     if (reference_id is None) == (reference_image is None):
         raise InvalidInputError("give exactly one of reference_id or reference_image")
     keypoints = parse_points(points, settings.max_points)
-    if reference_image is not None:
-        info, _ = await backend.create_reference(await reference_image.read(), None, None, None, deadline)
-    else:
-        assert reference_id is not None
-        info = await backend.get_reference(reference_id)
-    outside = [(x, y) for x, y in keypoints if not (0 <= x < info.width and 0 <= y < info.height)]
-    if outside:
-        raise InvalidInputError(
-            f"{len(outside)} point(s) outside the {info.width}x{info.height} reference, e.g. {list(outside[0])}"
-        )
-    result = await backend.match(await target.read(), info.reference_id, keypoints, debiased, deadline)
+    async with InlineReferences(backend, deadline) as inline:
+        if reference_image is not None:
+            [info] = await inline.create([(await reference_image.read(), None)])
+        else:
+            assert reference_id is not None
+            info = await backend.get_reference(reference_id)
+        _check_inside(keypoints, info.width, info.height)
+        result = await backend.match(await target.read(), info.reference_id, keypoints, debiased, deadline)
     timings = {name: round(value, 3) for name, value in result.timings.items()}
     timings["total_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
     return MatchResponse(

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
-from app.dependencies import BackendDep, DeadlineDep, SettingsDep
+from app.dependencies import BackendDep, DeadlineDep, RenderDep, RenderSlots, SettingsDep
 from app.errors import error_responses
 from app.rendering import result_png, target_result
-from app.schemas import SegmentFormat, SegmentResponse
+from app.routes.inline import InlineReferences
+from app.schemas import SegmentFormat, SegmentResponse, TargetResult
+from app.settings import Settings
 from core.errors import InvalidInputError
-from core.serving import InferenceBackend
+from core.types import SegmentationResult
 
 router = APIRouter(tags=["segmentation"])
 
@@ -24,18 +26,39 @@ def _split_ids(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
-async def _inline_references(
-    backend: InferenceBackend, images: list[UploadFile], masks: list[UploadFile], deadline: float
-) -> list[str]:
-    if len(images) != len(masks):
+def _check_shape(settings: Settings, targets: int, ids: list[str], images: int, masks: int) -> None:
+    """Every per-request limit, checked before any upload is read or any work starts."""
+    if targets > settings.max_targets:
+        raise InvalidInputError(f"{targets} targets, over the limit of {settings.max_targets} (INSID3_MAX_TARGETS)")
+    if images != masks:
         raise InvalidInputError(
-            f"{len(images)} reference_image file(s) but {len(masks)} reference_mask file(s): give them in pairs"
+            f"{images} reference_image file(s) but {masks} reference_mask file(s): give them in pairs"
         )
-    pairs = [(await image.read(), await mask.read()) for image, mask in zip(images, masks, strict=True)]
-    created = await asyncio.gather(
-        *(backend.create_reference(image, mask, None, None, deadline) for image, mask in pairs)
-    )
-    return [info.reference_id for info, _ in created]
+    if not ids and not images:
+        raise InvalidInputError("give reference_ids or reference_image + reference_mask pairs")
+    if len(ids) + images > settings.max_shots:
+        raise InvalidInputError(
+            f"{len(ids) + images} references, over the limit of {settings.max_shots} (INSID3_MAX_SHOTS)"
+        )
+
+
+async def _render(
+    slots: RenderSlots, deadline: float, uploads: list[UploadFile], targets: list[bytes],
+    results: list[SegmentationResult], fmt: SegmentFormat, instances: bool, max_pixels: int,
+) -> Response | list[TargetResult]:
+    """One PNG (``png``/``overlay``, one target, no instances), else the JSON body of every target."""
+    if fmt in ("png", "overlay") and len(targets) == 1 and not instances:
+        [result] = results
+        png = await slots.run(partial(result_png, result, targets[0], fmt, max_pixels), deadline)
+        return Response(png, media_type="image/png", headers={
+            "X-Insid3-Area": str(result.area),
+            "X-Insid3-Bbox": ",".join(map(str, result.bbox or ())),
+            "X-Insid3-Score": f"{result.score:.6f}",
+        })
+    return await slots.run(lambda: [
+        target_result(i, upload.filename, result, data, fmt, instances, max_pixels)
+        for i, (upload, result, data) in enumerate(zip(uploads, results, targets, strict=True))
+    ], deadline)
 
 
 @router.post(
@@ -55,6 +78,7 @@ async def segment(
     backend: BackendDep,
     settings: SettingsDep,
     deadline: DeadlineDep,
+    slots: RenderDep,
     target: Annotated[list[UploadFile], File(description="One or more target images.")],
     reference_ids: Annotated[
         list[str] | None, Form(description="Stored reference ids (repeat the field or comma-separate): k-shot.")
@@ -72,28 +96,21 @@ async def segment(
 ) -> Response | SegmentResponse:
     """Segment every target with every reference; one result per target, in order."""
     started = time.perf_counter()
-    if len(target) > settings.max_targets:
-        raise InvalidInputError(f"{len(target)} targets, over the limit of {settings.max_targets} (INSID3_MAX_TARGETS)")
     ids = _split_ids(reference_ids)
-    if reference_image or reference_mask:
-        ids += await _inline_references(backend, reference_image or [], reference_mask or [], deadline)
-    if not ids:
-        raise InvalidInputError("give reference_ids or reference_image + reference_mask pairs")
-    if len(ids) > settings.max_shots:
-        raise InvalidInputError(f"{len(ids)} references, over the limit of {settings.max_shots} (INSID3_MAX_SHOTS)")
+    images, masks = reference_image or [], reference_mask or []
+    _check_shape(settings, len(target), ids, len(images), len(masks))
+    for reference_id in dict.fromkeys(ids):
+        await backend.get_reference(reference_id)  # 404 before any encoding
+    pairs: list[tuple[bytes, bytes | None]] = [
+        (await image.read(), await mask.read()) for image, mask in zip(images, masks, strict=True)
+    ]
     targets = [await upload.read() for upload in target]
-    results = await backend.segment(targets, ids, tau, merge_threshold, deadline)
-    if format in ("png", "overlay") and len(targets) == 1 and not instances:
-        [result] = results
-        png = await asyncio.to_thread(result_png, result, targets[0], format, settings.max_pixels)
-        return Response(png, media_type="image/png", headers={
-            "X-Insid3-Area": str(result.area),
-            "X-Insid3-Bbox": ",".join(map(str, result.bbox or ())),
-            "X-Insid3-Score": f"{result.score:.6f}",
-        })
-    bodies = await asyncio.to_thread(lambda: [
-        target_result(i, upload.filename, result, data, format, instances, settings.max_pixels)
-        for i, (upload, result, data) in enumerate(zip(target, results, targets, strict=True))
-    ])
+    async with InlineReferences(backend, deadline) as inline:
+        ids += [record.reference_id for record in await inline.create(pairs)]
+        results = await backend.segment(targets, ids, tau, merge_threshold, deadline)
+        rendered = await _render(slots, deadline, target, targets, results, format, instances, settings.max_pixels)
+    if isinstance(rendered, Response):
+        return rendered
     total_ms = (time.perf_counter() - started) * 1000.0
-    return SegmentResponse(reference_ids=ids, format=format, results=bodies, timings={"total_ms": round(total_ms, 3)})
+    return SegmentResponse(reference_ids=ids, format=format, results=rendered,
+                           timings={"total_ms": round(total_ms, 3)})
