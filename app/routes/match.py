@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 
 from app.dependencies import BackendDep, DeadlineDep, SettingsDep
 from app.errors import error_responses
-from app.routes.inline import InlineReferences
+from app.inline_references import InlineReferences
 from app.schemas import MatchedPoint, MatchResponse
 from core.errors import InvalidInputError
 

@@ -11,8 +11,8 @@ from fastapi.responses import Response
 
 from app.dependencies import BackendDep, DeadlineDep, RenderDep, RenderSlots, SettingsDep
 from app.errors import error_responses
+from app.inline_references import InlineReferences
 from app.rendering import result_png, target_result
-from app.routes.inline import InlineReferences
 from app.schemas import SegmentFormat, SegmentResponse, TargetResult
 from app.settings import Settings
 from core.errors import InvalidInputError
