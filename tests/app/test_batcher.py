@@ -42,10 +42,13 @@ def test_concurrent_jobs_share_batches_up_to_max_batch():
         recorder = Recorder()
         loop = BatchingLoop(recorder, max_batch=3, max_wait_s=5.0, max_queue=10, retry_after_s=1)
         loop.start()
-        results = await asyncio.gather(*(loop.submit([f"job{i}"], far()) for i in range(3)),
-                                       loop.submit(["job3", "job4"], far()))
-        await loop.close()
-        return recorder.batches, results
+        tasks = [asyncio.create_task(loop.submit(jobs, far())) for jobs in ([f"job{i}"] for i in range(3))]
+        tasks.append(asyncio.create_task(loop.submit(["job3", "job4"], far())))
+        async with asyncio.timeout(60):  # the first full batch is taken; the rest waits for its batch to fill
+            while loop.depth != 2 or len(recorder.batches) != 1:
+                await asyncio.sleep(0.001)
+        await loop.close()  # closing runs the partial batch without waiting out max_wait
+        return recorder.batches, await asyncio.gather(*tasks)
 
     batches, results = run(scenario())
     assert batches == [["job0", "job1", "job2"], ["job3", "job4"]]

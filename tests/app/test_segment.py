@@ -1,4 +1,4 @@
-"""POST /segment: every format, k-shot, inline references, several targets, instances."""
+"""POST /segment: every format, k-shot, inline references, several targets, instances (in-process, real engine)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from tests.app.helpers import decode_rle, reference_id, segment
-from tests.app.scenes import REFERENCE, REFERENCE_2, TARGET, TARGET_2, TWO_DISCS, Scene, iou
-
-BLUE = (30, 30, 220)
+from tests.support.api import decode_rle, reference_id, segment
+from tests.support.images import BLUE, REFERENCE, REFERENCE_2, TARGET, TARGET_2, TWO_DISCS, Scene, iou
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,7 @@ backlog bound, deadlines, Redis unreachable, and the mapping of worker errors to
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import pytest
 import redis
@@ -14,24 +11,11 @@ import redis
 from app.backend import DeadlineExceeded, ModelUnavailable, QueueFull, ReferenceNotFound
 from app.settings import Settings
 from core.errors import IncompatibleReferenceError, InvalidImageError
-from tests.conftest import free_port
+from tests.support.net import free_port
 from tests.workers.conftest import database_url
-from workers.client import JobFailed, RedisBackend, remote_exception
+from tests.workers.helpers import run_with_backend
+from workers.client import JobFailed, remote_exception
 from workers.protocol import DEFAULT_KEYS, RemoteError
-
-T = TypeVar("T")
-
-
-def with_backend(settings: Settings, scenario: Callable[[RedisBackend], Awaitable[T]]) -> T:
-    async def main() -> T:
-        backend = RedisBackend(settings)
-        await backend.start()
-        try:
-            return await scenario(backend)
-        finally:
-            await backend.close()
-
-    return asyncio.run(main())
 
 
 @pytest.fixture
@@ -55,43 +39,43 @@ def test_worker_errors_become_the_engines_exceptions() -> None:
 
 def test_readiness_needs_a_live_worker(redis_url: str) -> None:
     url = database_url(redis_url)
-    reason = with_backend(Settings(redis_url=url), lambda backend: backend.readiness())
+    reason = run_with_backend(Settings(redis_url=url), lambda backend: backend.readiness())
     assert reason is not None and "no worker" in reason and "insid3 worker --redis-url" in reason
     with pytest.raises(ModelUnavailable, match="no worker"):
-        with_backend(Settings(redis_url=url), lambda b: b.segment([b"t"], ["r"], None, None, time.time() + 5))
+        run_with_backend(Settings(redis_url=url), lambda b: b.segment([b"t"], ["r"], None, None, time.time() + 5))
     redis.Redis.from_url(url).set(DEFAULT_KEYS.alive, "w", px=60_000)
-    assert with_backend(Settings(redis_url=url), lambda backend: backend.readiness()) is None
+    assert run_with_backend(Settings(redis_url=url), lambda backend: backend.readiness()) is None
 
 
 def test_unknown_references_are_refused_before_queueing(url: str) -> None:
     with pytest.raises(ReferenceNotFound) as caught:
-        with_backend(Settings(redis_url=url), lambda b: b.match(b"t", "nope", [(1.0, 2.0)], True, time.time() + 5))
+        run_with_backend(Settings(redis_url=url), lambda b: b.match(b"t", "nope", [(1.0, 2.0)], True, time.time() + 5))
     assert caught.value.reference_id == "nope"
     with pytest.raises(ReferenceNotFound):
-        with_backend(Settings(redis_url=url), lambda b: b.get_reference("nope"))
+        run_with_backend(Settings(redis_url=url), lambda b: b.get_reference("nope"))
     with pytest.raises(ReferenceNotFound):
-        with_backend(Settings(redis_url=url), lambda b: b.delete_reference("nope"))
+        run_with_backend(Settings(redis_url=url), lambda b: b.delete_reference("nope"))
     assert redis.Redis.from_url(url).xlen(DEFAULT_KEYS.stream) == 0
 
 
 def test_backlog_bound_and_deadlines(url: str) -> None:
     settings = Settings(redis_url=url, max_queue=2, retry_after_s=3)
     with pytest.raises(DeadlineExceeded):  # queued, never answered: no worker runs
-        with_backend(settings, lambda b: b.create_reference(b"i", b"m", None, None, time.time() + 0.2))
+        run_with_backend(settings, lambda b: b.create_reference(b"i", b"m", None, None, time.time() + 0.2))
     with pytest.raises(QueueFull) as caught:  # 1 waiting + 2 > 2
-        with_backend(settings, lambda b: b.segment([b"a", b"b"], [], None, None, time.time() + 5))
+        run_with_backend(settings, lambda b: b.segment([b"a", b"b"], [], None, None, time.time() + 5))
     assert caught.value.retry_after_s == 3
     with pytest.raises(DeadlineExceeded):
-        with_backend(settings, lambda b: b.create_reference(b"i", b"m", None, None, time.time() - 1))
-    assert with_backend(settings, lambda backend: backend.queue_depth()) == 1
+        run_with_backend(settings, lambda b: b.create_reference(b"i", b"m", None, None, time.time() - 1))
+    assert run_with_backend(settings, lambda backend: backend.queue_depth()) == 1
 
 
 def test_redis_unreachable_is_a_503() -> None:
     settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    reason = with_backend(settings, lambda backend: backend.readiness())
+    reason = run_with_backend(settings, lambda backend: backend.readiness())
     assert reason is not None and "unreachable" in reason
     for call in (lambda b: b.segment([b"t"], ["r"], None, None, time.time() + 5),
                  lambda b: b.get_reference("r"), lambda b: b.list_references(0, 10)):
         with pytest.raises(ModelUnavailable, match="unreachable"):
-            with_backend(settings, call)
-    assert with_backend(settings, lambda backend: backend.queue_depth()) == 0
+            run_with_backend(settings, call)
+    assert run_with_backend(settings, lambda backend: backend.queue_depth()) == 0

@@ -19,8 +19,11 @@ import pytest
 
 from app.settings import Settings
 from core.types import SegmentationResult
-from tests.conftest import REPO_ROOT, free_port
-from tests.workers.helpers import Launcher, box_mask, random_image, scrape, wait_until
+from tests.support.images import small_scene
+from tests.support.metrics import scrape
+from tests.support.net import eventually, free_port
+from tests.support.paths import REPO_ROOT
+from tests.workers.helpers import Launcher, run_with_backend
 from workers.client import JobFailed, RedisBackend, remote_exception
 from workers.protocol import GROUP, JOB_FAILED, Job, Queue, RemoteError, SegmentRequest, connect, decode_reply
 
@@ -38,16 +41,7 @@ def steady(launcher: Launcher) -> int:
 
 def with_backend(launcher: Launcher, scenario: Callable[[RedisBackend], Awaitable[T]]) -> T:
     """Run ``scenario`` with a started ``RedisBackend`` of this module's database."""
-
-    async def main() -> T:
-        backend = RedisBackend(Settings(redis_url=launcher.redis_url))
-        await backend.start()
-        try:
-            return await scenario(backend)
-        finally:
-            await backend.close()
-
-    return asyncio.run(main())
+    return run_with_backend(Settings(redis_url=launcher.redis_url), scenario)
 
 
 def deadline() -> float:
@@ -67,11 +61,12 @@ def queue_cli(launcher: Launcher, *args: str) -> str:
 
 
 def test_concurrent_requests_share_batches_with_unbatched_results(launcher: Launcher, steady: int) -> None:
-    targets = [random_image(100 + i) for i in range(8)]
+    targets = [small_scene(100 + i).png for i in range(8)]
     scrapes: list[dict[str, float]] = []
 
     async def scenario(backend: RedisBackend) -> list[list[SegmentationResult]]:
-        info, created = await backend.create_reference(random_image(0), box_mask(), "ref", None, deadline())
+        scene = small_scene(0)
+        info, created = await backend.create_reference(scene.png, scene.mask_png, "ref", None, deadline())
         assert created
         ids = [info.reference_id]
         alone = [(await backend.segment([t], ids, None, None, deadline()))[0] for t in targets]
@@ -131,14 +126,14 @@ def test_kill_9_mid_batch_still_answers_every_job_exactly_once(launcher: Launche
     victim = launcher.worker("victim", free_port(), "--max-batch", "4", "--max-wait-ms", "50",
                              "--visibility-timeout-s", "3")
     info, _ = with_backend(launcher, lambda backend: backend.create_reference(
-        random_image(1), box_mask(), None, None, deadline()))
+        small_scene(1).png, small_scene(1).mask_png, None, None, deadline()))
     before = scrape(steady)
 
     async def scenario() -> tuple[int, Counter[str], list[object], int]:
         client = connect(launcher.redis_url)
         queue = Queue(client)
         inbox = queue.keys.inbox("kill-test")
-        jobs = [Job.new(SegmentRequest(random_image(200 + i), [info.reference_id]), time.time() + 120, inbox)
+        jobs = [Job.new(SegmentRequest(small_scene(200 + i).png, [info.reference_id]), time.time() + 120, inbox)
                 for i in range(40)]
         assert len((await queue.enqueue(jobs, max_backlog=1000, reference_ids=[info.reference_id])).ids) == 40
 
@@ -179,9 +174,9 @@ def test_expired_jobs_are_skipped_unanswered(launcher: Launcher, steady: int) ->
         client = connect(launcher.redis_url)
         queue = Queue(client)
         inbox = queue.keys.inbox("expiry-test")
-        await queue.enqueue([Job.new(SegmentRequest(random_image(3), ["x"]), time.time() - 1, inbox)], 100)
-        wait_until(lambda: scrape(steady).get('insid3_worker_jobs_total{outcome="expired"}', 0)
-                   > before.get('insid3_worker_jobs_total{outcome="expired"}', 0), "the expired job to be skipped")
+        await queue.enqueue([Job.new(SegmentRequest(small_scene(3).png, ["x"]), time.time() - 1, inbox)], 100)
+        eventually(lambda: scrape(steady).get('insid3_worker_jobs_total{outcome="expired"}', 0)
+                   > before.get('insid3_worker_jobs_total{outcome="expired"}', 0), what="the expired job to be skipped")
         assert await client.llen(inbox) == 0
         await client.aclose()
 
