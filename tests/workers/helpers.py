@@ -4,19 +4,35 @@ on one Redis database."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import redis
+from redis.asyncio import Redis
 
 from app.settings import Settings
 from tests.support.net import eventually
 from tests.support.processes import Process, Processes, wait_ready
 from workers.client import RedisBackend
+from workers.protocol import Keys, connect
 
 IMAGE_SIZE = 64
 T = TypeVar("T")
+
+
+def run_with_redis(redis_url: str, scenario: Callable[[Redis, Keys], Awaitable[T]]) -> T:
+    """Run ``scenario`` with a client of ``redis_url`` and queue keys of a prefix no other test uses."""
+
+    async def main() -> T:
+        client = connect(redis_url)
+        try:
+            return await scenario(client, Keys(prefix=f"test-{uuid.uuid4().hex[:12]}"))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
 
 
 def run_with_backend(settings: Settings, scenario: Callable[[RedisBackend], Awaitable[T]]) -> T:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pytest
+from redis.asyncio import Redis
 
 from core.types import MatchResult, SegmentationResult
+from tests.workers.helpers import run_with_redis
 from workers.protocol import (
     GROUP,
     JOB_FAILED,
@@ -24,7 +25,6 @@ from workers.protocol import (
     ReferenceRequest,
     RemoteError,
     SegmentRequest,
-    connect,
     decode_reply,
     decode_request,
     encode_reply,
@@ -41,16 +41,12 @@ def run_with_queue(redis_url: str) -> Callable[[Scenario], None]:
     """Runs a scenario on a queue whose keys no other test uses, with one worker marked alive."""
 
     def run(scenario: Scenario) -> None:
-        async def main() -> None:
-            client = connect(redis_url)
-            queue = Queue(client, Keys(prefix=f"test-{uuid.uuid4().hex[:12]}"))
+        async def with_queue(client: Redis, keys: Keys) -> None:
+            queue = Queue(client, keys)
             await queue.announce("w", {"name": "w"}, 60_000)
-            try:
-                await scenario(queue)
-            finally:
-                await client.aclose()
+            await scenario(queue)
 
-        asyncio.run(main())
+        run_with_redis(redis_url, with_queue)
 
     return run
 

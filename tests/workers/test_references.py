@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.backend import ReferenceInfo
-from workers.protocol import Keys, connect
+from tests.workers.helpers import run_with_redis
 from workers.references import ReferenceStore, expires_at
 
 Scenario = Callable[[ReferenceStore], Awaitable[None]]
@@ -19,14 +17,7 @@ Scenario = Callable[[ReferenceStore], Awaitable[None]]
 @pytest.fixture
 def run_with_store(redis_url: str) -> Callable[[Scenario], None]:
     def run(scenario: Scenario) -> None:
-        async def main() -> None:
-            client = connect(redis_url)
-            try:
-                await scenario(ReferenceStore(client, Keys(prefix=f"test-{uuid.uuid4().hex[:12]}")))
-            finally:
-                await client.aclose()
-
-        asyncio.run(main())
+        run_with_redis(redis_url, lambda client, keys: scenario(ReferenceStore(client, keys)))
 
     return run
 
