@@ -4,7 +4,6 @@ chromedriver): paint, segment, see the overlays; then match a clicked point."""
 from __future__ import annotations
 
 import base64
-import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,14 +11,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.support.images import REFERENCE, TARGET, TARGET_2
+from tests.support.images import REFERENCE, TARGET, TARGET_2, decode
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -98,7 +96,7 @@ def test_paint_segment_and_see_overlays(browser, server, files):
     overlay_img = next(i for i in browser.find_elements(By.CSS_SELECTOR, "#results img.overlay")
                        if i.get_attribute("alt") == "overlay of target.png")
     data_url = browser.execute_script(OVERLAY_PIXELS, overlay_img)
-    overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
+    overlay = decode(base64.b64decode(data_url.split(",", 1)[1]), "RGB")
     assert overlay.shape == TARGET.image.shape
     assert not np.array_equal(overlay[60, 100], TARGET.image[60, 100]), "the target disc is not tinted"
 

@@ -3,7 +3,6 @@ sends jobs through the session's real redis-server to a real ``insid3 worker`` p
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -12,11 +11,10 @@ import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from tests.app.conftest import in_process, tiny_args
 from tests.support.api import assert_error, create_reference, decode_rle, segment
-from tests.support.images import REFERENCE, REFERENCE_2, TARGET, encode, iou
+from tests.support.images import REFERENCE, REFERENCE_2, TARGET, decode, encode, iou
 from tests.support.processes import Process
 
 DATABASE = "/14"  # a database of the session's redis-server that no other test area uses
@@ -50,7 +48,7 @@ def test_references_segment_and_match(redis_client):
     assert iou(decode_rle(result["rle"]), TARGET.mask) > 0.5
     png = segment(redis_client, [TARGET], {"reference_ids": ref_id, "format": "png"})
     assert png.headers["content-type"] == "image/png"
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content))) > 0, decode_rle(result["rle"]))
+    assert np.array_equal(decode(png.content) > 0, decode_rle(result["rle"]))
 
     second = create_reference(redis_client, REFERENCE_2).json()["reference_id"]
     assert segment(redis_client, [TARGET], {"reference_ids": [ref_id, second]}).status_code == 200

@@ -21,6 +21,12 @@ def encode(image: np.ndarray | Image.Image, fmt: str = "PNG", **options: object)
     return buffer.getvalue()
 
 
+def decode(data: bytes, mode: str | None = None) -> np.ndarray:
+    """Encoded image bytes as an array (converted to ``mode``, e.g. "RGB", when given)."""
+    image = Image.open(io.BytesIO(data))
+    return np.asarray(image.convert(mode) if mode else image)
+
+
 @dataclass(frozen=True)
 class Scene:
     """An RGB image and the boolean mask of its disc(s)."""

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -18,11 +16,11 @@ import numpy as np
 import pytest
 
 from app.settings import Settings
+from core.cli import main as insid3
 from core.types import SegmentationResult
 from tests.support.images import small_scene
 from tests.support.metrics import scrape
 from tests.support.net import eventually, free_port
-from tests.support.paths import REPO_ROOT
 from tests.workers.helpers import Launcher, run_with_backend
 from workers.client import JobFailed, RedisBackend, remote_exception
 from workers.protocol import GROUP, JOB_FAILED, Job, Queue, RemoteError, SegmentRequest, connect, decode_reply
@@ -52,12 +50,11 @@ def delta(after: dict[str, float], before: dict[str, float], name: str) -> float
     return after.get(name, 0.0) - before.get(name, 0.0)
 
 
-def queue_cli(launcher: Launcher, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "core.cli", "queue", "--redis-url", launcher.redis_url, *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60,
-    )
-    return result.stdout
+def queue_cli(launcher: Launcher, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The output of ``insid3 queue --redis-url URL ARGS`` (``core.cli.main`` in-process), which must succeed."""
+    capsys.readouterr()
+    assert insid3(["queue", "--redis-url", launcher.redis_url, *args]) == 0
+    return capsys.readouterr().out
 
 
 def test_concurrent_requests_share_batches_with_unbatched_results(launcher: Launcher, steady: int) -> None:
@@ -90,7 +87,8 @@ def test_concurrent_requests_share_batches_with_unbatched_results(launcher: Laun
     assert delta(after, before, 'insid3_worker_jobs_total{outcome="processed"}') == 16
 
 
-def test_poison_job_is_dead_lettered_after_max_attempts(launcher: Launcher, steady: int) -> None:
+def test_poison_job_is_dead_lettered_after_max_attempts(launcher: Launcher, steady: int,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     before = scrape(steady)
 
     async def scenario() -> tuple[Job, RemoteError]:
@@ -116,10 +114,10 @@ def test_poison_job_is_dead_lettered_after_max_attempts(launcher: Launcher, stea
     after = scrape(steady)
     assert delta(after, before, 'insid3_worker_jobs_total{outcome="retried"}') == 2
     assert delta(after, before, 'insid3_worker_jobs_total{outcome="dead_lettered"}') == 1
-    assert poison.job_id in queue_cli(launcher, "dead-letters")
-    stats = queue_cli(launcher, "stats")
+    assert poison.job_id in queue_cli(launcher, capsys, "dead-letters")
+    stats = queue_cli(launcher, capsys, "stats")
     assert "dead letters 1" in stats and "worker steady" in stats
-    assert "deleted 1 dead letters" in queue_cli(launcher, "dead-letters", "--purge")
+    assert "deleted 1 dead letters" in queue_cli(launcher, capsys, "dead-letters", "--purge")
 
 
 def test_kill_9_mid_batch_still_answers_every_job_exactly_once(launcher: Launcher, steady: int) -> None:
