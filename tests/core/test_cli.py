@@ -1,7 +1,7 @@
 """The insid3 command: segment, match, make-checkpoint, and errors without stack traces.
 
-``segment`` and ``match`` run as real ``python -m core.cli`` processes (the console entry point, with
-HOME in the test folder for the basis cache); make-checkpoint and the error paths call
+``segment`` runs as a real ``python -m core.cli`` process (the console entry point, with HOME in the
+test folder for the basis cache); make-checkpoint, match and the error paths call
 ``core.cli.main(argv)`` in-process."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import core.commands
 from core.cli import main as insid3
 from tests.support.paths import REPO_ROOT
 
@@ -25,7 +26,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           env={"PYTHONPATH": str(REPO_ROOT), "HOME": str(cwd)})
 
 
-def test_make_checkpoint_segment_and_match(tmp_path: Path, scene) -> None:
+def test_make_checkpoint_segment_and_match(tmp_path: Path, scene, monkeypatch, capsys) -> None:
     image, mask = scene
     Image.fromarray(image).save(tmp_path / "ref.png")
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "ref_mask.png")
@@ -42,10 +43,14 @@ def test_make_checkpoint_segment_and_match(tmp_path: Path, scene) -> None:
     assert overlay.width > overlay.height  # reference and target side by side
     assert '"area"' in segmented.stdout
 
-    matched = _run("match", "ref.png", "target.jpg", "--point", "60,40", "--point", "10,10", "--out", "out",
-                   *engine, cwd=tmp_path)
-    assert matched.returncode == 0, matched.stderr
-    assert matched.stdout.count("->") == 2
+    build_engine = core.commands.build_engine  # in-process: the basis cache in the test folder, not in HOME
+    monkeypatch.setattr(core.commands, "build_engine",
+                        lambda args, **overrides: build_engine(args, basis_cache_dir=tmp_path / "basis", **overrides))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert insid3(["match", "ref.png", "target.jpg", "--point", "60,40", "--point", "10,10", "--out", "out",
+                   *engine]) == 0
+    assert capsys.readouterr().out.count("->") == 2
     assert (tmp_path / "out" / "target_matches.png").is_file()
 
 
