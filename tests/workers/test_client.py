@@ -14,7 +14,7 @@ from core.errors import IncompatibleReferenceError, InvalidImageError
 from tests.support.net import free_port
 from tests.workers.conftest import database_url
 from tests.workers.helpers import run_with_backend
-from workers.client import JobFailed, remote_exception
+from workers.client import JobFailed, RedisBackend, remote_exception
 from workers.protocol import DEFAULT_KEYS, RemoteError
 
 
@@ -39,43 +39,54 @@ def test_worker_errors_become_the_engines_exceptions() -> None:
 
 def test_readiness_needs_a_live_worker(redis_url: str) -> None:
     url = database_url(redis_url)
-    reason = run_with_backend(Settings(redis_url=url), lambda backend: backend.readiness())
-    assert reason is not None and "no worker" in reason and "insid3 worker --redis-url" in reason
-    with pytest.raises(ModelUnavailable, match="no worker"):
-        run_with_backend(Settings(redis_url=url), lambda b: b.segment([b"t"], ["r"], None, None, time.time() + 5))
-    redis.Redis.from_url(url).set(DEFAULT_KEYS.alive, "w", px=60_000)
-    assert run_with_backend(Settings(redis_url=url), lambda backend: backend.readiness()) is None
+
+    async def scenario(backend: RedisBackend) -> None:
+        reason = await backend.readiness()
+        assert reason is not None and "no worker" in reason and "insid3 worker --redis-url" in reason
+        with pytest.raises(ModelUnavailable, match="no worker"):
+            await backend.segment([b"t"], ["r"], None, None, time.time() + 5)
+        redis.Redis.from_url(url).set(DEFAULT_KEYS.alive, "w", px=60_000)
+        assert await backend.readiness() is None
+
+    run_with_backend(Settings(redis_url=url), scenario)
 
 
 def test_unknown_references_are_refused_before_queueing(url: str) -> None:
-    with pytest.raises(ReferenceNotFound) as caught:
-        run_with_backend(Settings(redis_url=url), lambda b: b.match(b"t", "nope", [(1.0, 2.0)], True, time.time() + 5))
-    assert caught.value.reference_id == "nope"
-    with pytest.raises(ReferenceNotFound):
-        run_with_backend(Settings(redis_url=url), lambda b: b.get_reference("nope"))
-    with pytest.raises(ReferenceNotFound):
-        run_with_backend(Settings(redis_url=url), lambda b: b.delete_reference("nope"))
+    async def scenario(backend: RedisBackend) -> None:
+        with pytest.raises(ReferenceNotFound) as caught:
+            await backend.match(b"t", "nope", [(1.0, 2.0)], True, time.time() + 5)
+        assert caught.value.reference_id == "nope"
+        with pytest.raises(ReferenceNotFound):
+            await backend.get_reference("nope")
+        with pytest.raises(ReferenceNotFound):
+            await backend.delete_reference("nope")
+
+    run_with_backend(Settings(redis_url=url), scenario)
     assert redis.Redis.from_url(url).xlen(DEFAULT_KEYS.stream) == 0
 
 
 def test_backlog_bound_and_deadlines(url: str) -> None:
-    settings = Settings(redis_url=url, max_queue=2, retry_after_s=3)
-    with pytest.raises(DeadlineExceeded):  # queued, never answered: no worker runs
-        run_with_backend(settings, lambda b: b.create_reference(b"i", b"m", None, None, time.time() + 0.2))
-    with pytest.raises(QueueFull) as caught:  # 1 waiting + 2 > 2
-        run_with_backend(settings, lambda b: b.segment([b"a", b"b"], [], None, None, time.time() + 5))
-    assert caught.value.retry_after_s == 3
-    with pytest.raises(DeadlineExceeded):
-        run_with_backend(settings, lambda b: b.create_reference(b"i", b"m", None, None, time.time() - 1))
-    assert run_with_backend(settings, lambda backend: backend.queue_depth()) == 1
+    async def scenario(backend: RedisBackend) -> None:
+        with pytest.raises(DeadlineExceeded):  # queued, never answered: no worker runs
+            await backend.create_reference(b"i", b"m", None, None, time.time() + 0.2)
+        with pytest.raises(QueueFull) as caught:  # 1 waiting + 2 > 2
+            await backend.segment([b"a", b"b"], [], None, None, time.time() + 5)
+        assert caught.value.retry_after_s == 3
+        with pytest.raises(DeadlineExceeded):
+            await backend.create_reference(b"i", b"m", None, None, time.time() - 1)
+        assert await backend.queue_depth() == 1
+
+    run_with_backend(Settings(redis_url=url, max_queue=2, retry_after_s=3), scenario)
 
 
 def test_redis_unreachable_is_a_503() -> None:
-    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    reason = run_with_backend(settings, lambda backend: backend.readiness())
-    assert reason is not None and "unreachable" in reason
-    for call in (lambda b: b.segment([b"t"], ["r"], None, None, time.time() + 5),
-                 lambda b: b.get_reference("r"), lambda b: b.list_references(0, 10)):
-        with pytest.raises(ModelUnavailable, match="unreachable"):
-            run_with_backend(settings, call)
-    assert run_with_backend(settings, lambda backend: backend.queue_depth()) == 0
+    async def scenario(backend: RedisBackend) -> None:
+        reason = await backend.readiness()
+        assert reason is not None and "unreachable" in reason
+        for call in (lambda: backend.segment([b"t"], ["r"], None, None, time.time() + 5),
+                     lambda: backend.get_reference("r"), lambda: backend.list_references(0, 10)):
+            with pytest.raises(ModelUnavailable, match="unreachable"):
+                await call()
+        assert await backend.queue_depth() == 0
+
+    run_with_backend(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"), scenario)
