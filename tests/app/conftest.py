@@ -3,8 +3,8 @@
 Route-level tests run in-process: ``create_app(settings, backend)`` under starlette's
 ``TestClient`` (which runs the lifespan), either with the real ``EmbeddedBackend`` on the tiny
 random checkpoint (``client``: loaded once for the session) or with ``FakeBackend`` (``fake``).
-Real ``insid3 serve`` processes (``server``, ``start_server``) remain for what needs uvicorn: the
-browser, schemathesis, streamed bodies, the command line.
+One real ``insid3 serve`` process (``server``) remains for what needs uvicorn: the browser,
+schemathesis, request bodies cut off by the server.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from tests.support.fake_backend import FakeBackend
-from tests.support.net import eventually, free_port, wait_for_port
+from tests.support.net import eventually, free_port
 from tests.support.processes import Process, wait_ready
 
 IMAGE_SIZE = 128  # an 8x8 patch grid: coarse but enough to find a disc, and fast on a CPU
@@ -87,26 +87,6 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def wait_ready(self) -> Server:
-        wait_ready(self.url, self.process)
-        return self
-
-
-@pytest.fixture(scope="session")
-def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """Factory: ``start_server(args, env, ready=True)``; every server is stopped at the end."""
-    servers: list[Server] = []
-
-    def start(args: list[str], env: dict[str, str] | None = None, ready: bool = True) -> Server:
-        server = Server(tmp_path_factory.mktemp("serve"), args, env or {})
-        servers.append(server)
-        wait_for_port(server.port)
-        return server.wait_ready() if ready else server
-
-    yield start
-    for server in servers:
-        server.process.stop()
-
 
 def tiny_args(checkpoint: Path, image_size: int = IMAGE_SIZE) -> list[str]:
     """``serve``/``worker`` options for the tiny random checkpoint on the CPU."""
@@ -114,7 +94,13 @@ def tiny_args(checkpoint: Path, image_size: int = IMAGE_SIZE) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def server(start_server, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Server:
+def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A real ``insid3 serve`` under uvicorn: tiny random checkpoint, 128 px, 4 MP pixel limit."""
-    return start_server(tiny_args(tiny_checkpoint), {"INSID3_MAX_PIXELS": str(MAX_PIXELS),
-                                                     "INSID3_REFERENCE_DIR": str(tmp_path_factory.mktemp("refs"))})
+    workdir = tmp_path_factory.mktemp("serve")
+    server = Server(workdir, tiny_args(tiny_checkpoint),
+                    {"INSID3_MAX_PIXELS": str(MAX_PIXELS), "INSID3_REFERENCE_DIR": str(workdir / "references")})
+    try:
+        wait_ready(server.url, server.process)
+        yield server
+    finally:
+        server.process.stop()
