@@ -1,108 +1,106 @@
-"""Fixtures of the API tests: ``insid3 serve`` processes on free ports, and HTTP clients."""
+"""Fixtures of the API tests.
+
+Route-level tests run in-process: ``create_app(settings, backend)`` under starlette's
+``TestClient`` (which runs the lifespan), either with the real ``EmbeddedBackend`` on the tiny
+random checkpoint (``client``: loaded once for the session) or with ``FakeBackend`` (``fake``).
+One real ``insid3 serve`` process (``server``) remains for what needs uvicorn: the browser,
+schemathesis, request bodies cut off by the server.
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
+from fastapi.testclient import TestClient
 
-from tests.conftest import REPO_ROOT, free_port, wait_for_port
+from app.main import create_app
+from app.settings import Settings
+from tests.support.fake_backend import FakeBackend
+from tests.support.net import eventually, free_port
+from tests.support.processes import Process, wait_ready
 
 IMAGE_SIZE = 128  # an 8x8 patch grid: coarse but enough to find a disc, and fast on a CPU
+MAX_PIXELS = 4_000_000
+
+
+@pytest.fixture(scope="session")
+def empty_pretrain_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pretrain/ folder without weights (so that no real checkpoint on this machine is ever found)."""
+    return tmp_path_factory.mktemp("pretrain")
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(tiny_checkpoint: Path, basis_cache_dir: Path, empty_pretrain_dir: Path):
+    """Factory: the ``Settings`` of the tiny random checkpoint on the CPU, with ``overrides``."""
+
+    def make(**overrides: object) -> Settings:
+        values = {"model_size": "tiny", "weights": str(tiny_checkpoint), "image_size": IMAGE_SIZE, "device": "cpu",
+                  "basis_cache_dir": basis_cache_dir, "pretrain_dir": empty_pretrain_dir, **overrides}
+        return Settings(**values)
+
+    return make
+
+
+@contextmanager
+def in_process(settings: Settings, backend=None, ready: bool = True) -> Iterator[TestClient]:
+    """A ``TestClient`` of ``create_app(settings, backend)``, lifespan started; waits for /readyz 200."""
+    with TestClient(create_app(settings, backend)) as http:
+        if ready:
+            eventually(lambda: http.get("/readyz").status_code == 200, what="the in-process app to be ready")
+        yield http
+
+
+@pytest.fixture(scope="session")
+def reference_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the main app keeps references (shared with an app of another image size)."""
+    return tmp_path_factory.mktemp("references")
+
+
+@pytest.fixture(scope="session")
+def client(tiny_settings, reference_dir: Path) -> Iterator[TestClient]:
+    """The main app in-process with the real engine: tiny random checkpoint, 128 px, references on
+    disk, 4 MP pixel limit. One engine for the whole session."""
+    with in_process(tiny_settings(reference_dir=reference_dir, max_pixels=MAX_PIXELS)) as http:
+        yield http
+
+
+@pytest.fixture
+def fake(tiny_settings) -> Iterator[tuple[TestClient, FakeBackend]]:
+    """The app in-process on a ``FakeBackend`` (default settings of the main app)."""
+    backend = FakeBackend()
+    with in_process(tiny_settings(max_pixels=MAX_PIXELS), backend) as http:
+        yield http, backend
 
 
 class Server:
-    """``insid3 serve`` started as a subprocess with its own environment."""
+    """``insid3 serve`` as a real process (uvicorn) on a free port."""
 
     def __init__(self, workdir: Path, args: list[str], env: dict[str, str]) -> None:
         self.port = free_port()
-        self.log_path = workdir / f"serve-{self.port}.log"
-        self.args = args
-        self.env = {
-            **os.environ,
-            "INSID3_BASIS_CACHE_DIR": str(workdir / "basis"),
-            "INSID3_PRETRAIN_DIR": str(workdir / "pretrain"),
-            **env,
-        }
-        self.process: subprocess.Popen[bytes] | None = None
+        env = {"INSID3_PRETRAIN_DIR": str(workdir / "pretrain"), **env}
+        self.process = Process.insid3(["serve", "--port", str(self.port), *args], workdir / "serve.log", env)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Server:
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "insid3", "serve", "--port", str(self.port), *self.args],
-                cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            )
-        wait_for_port(self.port, timeout_s=120)
-        return self
-
-    def wait_ready(self, timeout_s: float = 180.0) -> Server:
-        """Poll /readyz until 200 (the model loads in the background)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if httpx.get(f"{self.url}/readyz").status_code == 200:
-                return self
-            assert self.process is not None and self.process.poll() is None, self.log()
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.url} not ready after {timeout_s} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.process is not None
-        self.process.terminate()
-        return self.process.wait(timeout=60)
-
-
-@pytest.fixture(scope="session")
-def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """Factory: ``start_server(args, env, ready=True)``; every server is stopped at the end."""
-    servers: list[Server] = []
-
-    def start(args: list[str], env: dict[str, str] | None = None, ready: bool = True) -> Server:
-        server = Server(tmp_path_factory.mktemp("serve"), args, env or {})
-        servers.append(server.start())
-        return server.wait_ready() if ready else server
-
-    yield start
-    for server in servers:
-        if server.process is not None and server.process.poll() is None:
-            server.stop()
-
 
 def tiny_args(checkpoint: Path, image_size: int = IMAGE_SIZE) -> list[str]:
-    """``serve`` options for the tiny random checkpoint on the CPU."""
+    """``serve``/``worker`` options for the tiny random checkpoint on the CPU."""
     return ["--model-size", "tiny", "--weights", str(checkpoint), "--image-size", str(image_size), "--device", "cpu"]
 
 
 @pytest.fixture(scope="session")
-def reference_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the main server keeps references (shared with a server of another image size)."""
-    return tmp_path_factory.mktemp("references")
-
-
-@pytest.fixture(scope="session")
-def server(start_server, tiny_checkpoint: Path, reference_dir: Path) -> Server:
-    """The main server: tiny random checkpoint, 128 px, references on disk, 4 MP pixel limit."""
-    return start_server(
-        tiny_args(tiny_checkpoint),
-        {"INSID3_REFERENCE_DIR": str(reference_dir), "INSID3_MAX_PIXELS": "4000000"},
-    )
-
-
-@pytest.fixture(scope="session")
-def client(server: Server) -> Iterator[httpx.Client]:
-    """An HTTP client of the main server."""
-    with httpx.Client(base_url=server.url, timeout=120) as http:
-        yield http
+def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real ``insid3 serve`` under uvicorn: tiny random checkpoint, 128 px, 4 MP pixel limit."""
+    workdir = tmp_path_factory.mktemp("serve")
+    server = Server(workdir, tiny_args(tiny_checkpoint),
+                    {"INSID3_MAX_PIXELS": str(MAX_PIXELS), "INSID3_REFERENCE_DIR": str(workdir / "references")})
+    try:
+        wait_ready(server.url, server.process)
+        yield server
+    finally:
+        server.process.stop()

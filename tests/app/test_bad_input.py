@@ -1,19 +1,17 @@
-"""Bad input on the main server: always the JSON error shape with the right status, never a 500."""
+"""Bad input: always the JSON error shape with the right status, never a 500. Errors found by the
+engine (images, masks, references) on the real in-process engine; errors of the HTTP layer
+(validation, limits of the request) on the fake backend, which they must never reach."""
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.app.helpers import assert_error, create_reference, reference_id, segment
-from tests.app.scenes import REFERENCE, TARGET, Scene, png_bytes
-
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+from tests.support.api import assert_error, create_reference, reference_id, segment
+from tests.support.images import REFERENCE, TARGET, Scene, encode
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +25,6 @@ def post_reference(client, image: bytes, mask: bytes):
 
 def post_target(client, ref_id: str, target: bytes):
     return client.post("/segment", files={"target": ("t", target, "image/png")}, data={"reference_ids": ref_id})
-
-
-def jpeg_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -50,33 +42,14 @@ def test_not_an_image_is_415(client, ref_id, payload):
     assert_error(post_reference(client, payload, REFERENCE.mask_png), 415, "invalid_image")
 
 
-@pytest.mark.parametrize("encode", [png_bytes, jpeg_bytes])
-def test_truncated_image_is_415(client, ref_id, encode):
-    data = encode(TARGET.image)
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_image_is_415(client, ref_id, fmt):
+    data = encode(TARGET.image, fmt)
     assert_error(post_target(client, ref_id, data[: len(data) // 2]), 415, "invalid_image")
 
 
-def test_upload_over_the_limit_is_413_from_content_length(client, ref_id):
-    body = assert_error(post_target(client, ref_id, b"\0" * (MAX_UPLOAD_BYTES + 1)), 413, "upload_too_large")
-    assert str(MAX_UPLOAD_BYTES) in body["detail"]
-
-
-def test_streamed_upload_over_the_limit_is_413(client):
-    def chunks():
-        block = b"\0" * (1 << 20)
-        yield b"--x\r\nContent-Disposition: form-data; name=\"target\"; filename=\"t\"\r\n\r\n"
-        for _ in range(21):
-            yield block
-        yield b"\r\n--x--\r\n"
-
-    response = client.post("/segment", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
-    assert "content-length" not in response.request.headers
-    assert_error(response, 413, "upload_too_large")
-
-
 def test_pixel_count_over_the_limit_is_413(client, ref_id):
-    big = png_bytes(np.zeros((2000, 2100, 3), dtype=np.uint8))  # 4.2 MP > INSID3_MAX_PIXELS=4 MP
-    assert len(big) < MAX_UPLOAD_BYTES
+    big = encode(np.zeros((2000, 2100, 3), dtype=np.uint8))  # 4.2 MP > INSID3_MAX_PIXELS=4 MP
     assert "4000000" in assert_error(post_target(client, ref_id, big), 413, "image_too_large")["detail"]
 
 
@@ -88,12 +61,12 @@ def test_decompression_bomb_is_413(client, ref_id):
 
 
 def test_empty_mask_is_422(client):
-    empty = png_bytes(np.zeros(REFERENCE.mask.shape, dtype=np.uint8))
+    empty = encode(np.zeros(REFERENCE.mask.shape, dtype=np.uint8))
     assert_error(post_reference(client, REFERENCE.png, empty), 422, "empty_mask")
 
 
 def test_mask_with_another_aspect_is_422(client):
-    square = png_bytes(np.full((100, 100), 255, dtype=np.uint8))
+    square = encode(np.full((100, 100), 255, dtype=np.uint8))
     assert_error(post_reference(client, REFERENCE.png, square), 422, "mask_shape_mismatch")
 
 
@@ -121,34 +94,55 @@ def test_match_only_reference_cannot_segment(client):
     ({"merge_threshold": "-0.1"}, "merge_threshold"),
     ({"instances": "maybe"}, "instances"),
 ])
-def test_invalid_parameters_are_422(client, ref_id, data, field):
-    body = assert_error(segment(client, [TARGET], {"reference_ids": ref_id, **data}), 422, "validation_error")
+def test_invalid_parameters_are_422(fake, data, field):
+    http, backend = fake
+    body = assert_error(segment(http, [TARGET], {"reference_ids": "r", **data}), 422, "validation_error")
     assert field in body["detail"] and body["errors"]
+    assert backend.calls == []
 
 
-def test_missing_parts_are_422(client, ref_id):
-    assert_error(client.post("/segment", data={"reference_ids": ref_id}), 422, "validation_error")
-    assert_error(segment(client, [TARGET], {}), 422, "invalid_input")
-    assert_error(client.post("/references", files={"image": ("i", REFERENCE.png, "image/png")}), 422,
+def test_missing_parts_are_422(fake):
+    http, backend = fake
+    assert_error(http.post("/segment", data={"reference_ids": "r"}), 422, "validation_error")
+    assert_error(segment(http, [TARGET], {}), 422, "invalid_input")
+    assert_error(http.post("/references", files={"image": ("i", REFERENCE.png, "image/png")}), 422,
                  "validation_error")
-    unpaired = client.post("/segment", files=[("target", ("t", TARGET.png, "image/png")),
-                                              ("reference_image", ("r", REFERENCE.png, "image/png"))])
+    unpaired = http.post("/segment", files=[("target", ("t", TARGET.png, "image/png")),
+                                            ("reference_image", ("r", REFERENCE.png, "image/png"))])
     assert_error(unpaired, 422, "invalid_input")
+    assert backend.calls == []
 
 
-def test_too_many_targets_is_422(client, ref_id):
-    body = assert_error(segment(client, [TARGET] * 17, {"reference_ids": ref_id}), 422, "invalid_input")
+def test_too_many_targets_is_422(fake):
+    http, backend = fake
+    body = assert_error(segment(http, [TARGET] * 17, {"reference_ids": "r"}), 422, "invalid_input")
     assert "INSID3_MAX_TARGETS" in body["detail"]
+    assert backend.calls == []
 
 
-def test_not_multipart_is_422(client):
-    assert_error(client.post("/segment", json={"target": "x"}), 422, "validation_error")
+def test_not_multipart_is_422(fake):
+    http, backend = fake
+    assert_error(http.post("/segment", json={"target": "x"}), 422, "validation_error")
+    assert backend.calls == []
 
 
-def test_unknown_route_and_method_are_json(client):
-    assert_error(client.get("/nope"), 404, "not_found")
-    assert_error(client.put("/segment"), 405, "method_not_allowed")
+def test_unknown_route_and_method_are_json(fake):
+    http, _ = fake
+    assert_error(http.get("/nope"), 404, "not_found")
+    assert_error(http.put("/segment"), 405, "method_not_allowed")
 
 
-def test_name_too_long_is_422(client):
-    assert_error(create_reference(client, REFERENCE, name="x" * 300), 422, "validation_error")
+def test_name_too_long_is_422(fake):
+    http, backend = fake
+    assert_error(create_reference(http, REFERENCE, name="x" * 300), 422, "validation_error")
+    assert backend.calls == []
+
+
+def test_backend_errors_map_to_their_statuses(fake):
+    http, backend = fake
+    assert_error(segment(http, [TARGET], {"reference_ids": "0" * 32}), 404, "reference_not_found")
+    assert backend.called("get_reference") == 1 and backend.called("segment") == 0  # refused before any work
+    backend.problem = "the fake model is away"
+    body = assert_error(create_reference(http, REFERENCE), 503, "model_unavailable")
+    assert body["detail"] == "the fake model is away"
+    assert_error(http.get("/readyz"), 503, "model_unavailable")

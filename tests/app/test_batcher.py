@@ -37,15 +37,35 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
+def started(run_batch, **options) -> BatchingLoop:
+    """A started loop (on the running event loop) of ``run_batch``; ``options`` over small defaults."""
+    loop = BatchingLoop(run_batch, **{"max_batch": 4, "max_wait_s": 0.0, "max_queue": 10, "retry_after_s": 1,
+                                      **options})
+    loop.start()
+    return loop
+
+
+async def held_busy(**options) -> tuple[Recorder, BatchingLoop, asyncio.Task]:
+    """A loop of one job per batch whose engine is held busy running the job "running"."""
+    recorder = Recorder()
+    recorder.release.clear()
+    loop = started(recorder, max_batch=1, **options)
+    busy = asyncio.create_task(loop.submit(["running"], {}, far()))
+    await asyncio.to_thread(recorder.started.wait)  # the worker holds "running"; the queue is empty
+    return recorder, loop, busy
+
+
 def test_concurrent_jobs_share_batches_up_to_max_batch():
     async def scenario():
         recorder = Recorder()
-        loop = BatchingLoop(recorder, max_batch=3, max_wait_s=5.0, max_queue=10, retry_after_s=1)
-        loop.start()
-        results = await asyncio.gather(*(loop.submit([f"job{i}"], {}, far()) for i in range(3)),
-                                       loop.submit(["job3", "job4"], {}, far()))
-        await loop.close()
-        return recorder.batches, results
+        loop = started(recorder, max_batch=3, max_wait_s=5.0)
+        tasks = [asyncio.create_task(loop.submit(jobs, {}, far())) for jobs in ([f"job{i}"] for i in range(3))]
+        tasks.append(asyncio.create_task(loop.submit(["job3", "job4"], {}, far())))
+        async with asyncio.timeout(60):  # the first full batch is taken; the rest waits for its batch to fill
+            while loop.depth != 2 or len(recorder.batches) != 1:
+                await asyncio.sleep(0.001)
+        await loop.close()  # closing runs the partial batch without waiting out max_wait
+        return recorder.batches, await asyncio.gather(*tasks)
 
     batches, results = run(scenario())
     assert batches == [["job0", "job1", "job2"], ["job3", "job4"]]
@@ -54,9 +74,7 @@ def test_concurrent_jobs_share_batches_up_to_max_batch():
 
 def test_a_lone_job_waits_at_most_max_wait():
     async def scenario():
-        recorder = Recorder()
-        loop = BatchingLoop(recorder, max_batch=8, max_wait_s=0.01, max_queue=10, retry_after_s=1)
-        loop.start()
+        loop = started(Recorder(), max_batch=8, max_wait_s=0.01)
         result = await loop.submit(["alone"], {}, far())
         await loop.close()
         return result
@@ -66,8 +84,7 @@ def test_a_lone_job_waits_at_most_max_wait():
 
 def test_errors_stay_in_their_slot():
     async def scenario():
-        loop = BatchingLoop(Recorder(), max_batch=4, max_wait_s=0.0, max_queue=10, retry_after_s=1)
-        loop.start()
+        loop = started(Recorder())
         result = await loop.submit(["ok", "bad"], {}, far())
         await loop.close()
         return result
@@ -78,12 +95,7 @@ def test_errors_stay_in_their_slot():
 
 def test_queue_full_is_all_or_nothing():
     async def scenario():
-        recorder = Recorder()
-        recorder.release.clear()
-        loop = BatchingLoop(recorder, max_batch=1, max_wait_s=0.0, max_queue=2, retry_after_s=7)
-        loop.start()
-        busy = asyncio.create_task(loop.submit(["running"], {}, far()))
-        await asyncio.to_thread(recorder.started.wait)  # the worker holds "running"; the queue is empty
+        recorder, loop, busy = await held_busy(max_queue=2, retry_after_s=7)
         queued = asyncio.create_task(loop.submit(["a", "b"], {}, far()))
         await asyncio.sleep(0)
         with pytest.raises(QueueFull) as refused:
@@ -102,12 +114,7 @@ def test_queue_full_is_all_or_nothing():
 
 def test_a_job_past_its_deadline_is_dropped_unrun():
     async def scenario():
-        recorder = Recorder()
-        recorder.release.clear()
-        loop = BatchingLoop(recorder, max_batch=1, max_wait_s=0.0, max_queue=10, retry_after_s=1)
-        loop.start()
-        busy = asyncio.create_task(loop.submit(["running"], {}, far()))
-        await asyncio.to_thread(recorder.started.wait)
+        recorder, loop, busy = await held_busy()
         with pytest.raises(DeadlineExceeded):
             await loop.submit(["late"], {}, time.time() + 0.05)
         recorder.release.set()
@@ -124,8 +131,7 @@ def test_close_answers_every_accepted_job_then_refuses():
     async def scenario():
         recorder = Recorder()
         recorder.release.clear()
-        loop = BatchingLoop(recorder, max_batch=2, max_wait_s=0.0, max_queue=10, retry_after_s=1)
-        loop.start()
+        loop = started(recorder, max_batch=2)
         accepted = [asyncio.create_task(loop.submit([f"j{i}"], {}, far())) for i in range(5)]
         await asyncio.to_thread(recorder.started.wait)
         closing = asyncio.create_task(loop.close())
@@ -149,8 +155,7 @@ def test_a_crashing_batch_fails_its_jobs_not_the_loop():
         return [f"done {job}" for job in jobs]
 
     async def scenario():
-        loop = BatchingLoop(flaky, max_batch=4, max_wait_s=0.0, max_queue=10, retry_after_s=1)
-        loop.start()
+        loop = started(flaky)
         first = await loop.submit(["a"], {}, far())
         second = await loop.submit(["b"], {}, far())
         await loop.close()

@@ -9,51 +9,19 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
-import numpy as np
 import pytest
 
 from app.main import create_app
 from app.settings import Settings
 from core.serving import StoredReference
-from core.types import SegmentationResult
-from tests.app.helpers import assert_error
-from tests.app.inprocess import LiveServer, metric, wait_until
-from tests.app.scenes import TARGET
+from tests.support.api import assert_error
+from tests.support.fake_backend import FakeBackend
+from tests.support.images import TARGET
+from tests.support.live_server import LiveServer
+from tests.support.metrics import metric
+from tests.support.net import eventually
 
 RECORD = StoredReference("0" * 32, None, 200, 160, 100, "fake", 128, datetime.now(UTC), None)
-
-
-class FakeBackend:
-    """Knows one reference; ``segment`` answers a full mask at once, or (``hold``) waits until
-    it is cancelled, which it records."""
-
-    def __init__(self, hold: bool = False) -> None:
-        self.hold = hold
-        self.cancelled = threading.Event()
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    async def readiness(self) -> str | None:
-        return None
-
-    async def get_reference(self, reference_id: str) -> StoredReference:
-        return RECORD
-
-    async def queue_depth(self) -> int:
-        return 0
-
-    async def segment(self, targets, reference_ids, tau, merge_threshold, deadline) -> list[SegmentationResult]:
-        if self.hold:
-            try:
-                await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                self.cancelled.set()
-                raise
-        return [SegmentationResult(np.ones((150, 180), dtype=bool), 0.5) for _ in targets]
 
 
 def settings(**fields: object) -> Settings:
@@ -67,7 +35,7 @@ def segment_files(fmt: str) -> dict:
 
 @pytest.fixture(scope="module")
 def held() -> Iterator[tuple[LiveServer, FakeBackend]]:
-    backend = FakeBackend(hold=True)
+    backend = FakeBackend(hold=True, references=[RECORD])
     live = LiveServer(create_app(settings(), backend)).start()
     yield live, backend
     live.stop()
@@ -78,8 +46,8 @@ def test_a_client_that_disconnects_cancels_its_backend_call(held):
     gone_before = metric(live.url, "insid3_http_requests_total", {"route": "/segment", "status": "499"})
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{live.url}/segment", timeout=1.0, **segment_files("rle"))  # then the client hangs up
-    wait_until(backend.cancelled.is_set)
-    wait_until(lambda: metric(live.url, "insid3_http_requests_total",
+    eventually(backend.cancelled.is_set)
+    eventually(lambda: metric(live.url, "insid3_http_requests_total",
                               {"route": "/segment", "status": "499"}) == gone_before + 1)
     assert metric(live.url, "insid3_http_requests_total", {"route": "/segment", "status": "500"}) == 0
 
@@ -119,7 +87,7 @@ def in_process(app) -> httpx.AsyncClient:
 
 def test_the_deadline_covers_rendering(slow_rendering):
     async def scenario() -> httpx.Response:
-        async with in_process(create_app(settings(), FakeBackend())) as http:
+        async with in_process(create_app(settings(), FakeBackend(references=[RECORD]))) as http:
             response = await http.post("/segment", headers={"X-Request-Timeout": "0.5"}, **segment_files("png"))
             slow_rendering.release.set()  # the rendering thread was abandoned, not killed: let it end
             return response
@@ -131,9 +99,9 @@ def test_the_deadline_covers_rendering(slow_rendering):
 
 def test_no_rendering_starts_past_the_deadline(slow_rendering):
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
-        async with in_process(create_app(settings(render_concurrency=1), FakeBackend())) as http:
+        async with in_process(create_app(settings(render_concurrency=1), FakeBackend(references=[RECORD]))) as http:
             holder = asyncio.create_task(http.post("/segment", **segment_files("png")))
-            await asyncio.to_thread(wait_until, lambda: slow_rendering.started == 1)
+            await asyncio.to_thread(eventually, lambda: slow_rendering.started == 1)
             late = await http.post("/segment", headers={"X-Request-Timeout": "0.5"}, **segment_files("png"))
             slow_rendering.release.set()
             return await holder, late
@@ -146,9 +114,9 @@ def test_no_rendering_starts_past_the_deadline(slow_rendering):
 
 def test_rendering_concurrency_is_bounded_by_the_setting(slow_rendering):
     async def scenario() -> list[httpx.Response]:
-        async with in_process(create_app(settings(render_concurrency=2), FakeBackend())) as http:
+        async with in_process(create_app(settings(render_concurrency=2), FakeBackend(references=[RECORD]))) as http:
             requests = [asyncio.create_task(http.post("/segment", **segment_files("png"))) for _ in range(4)]
-            await asyncio.to_thread(wait_until, lambda: slow_rendering.started == 2)
+            await asyncio.to_thread(eventually, lambda: slow_rendering.started == 2)
             await asyncio.sleep(0.3)  # the other two wait for a slot rather than start
             waiting = slow_rendering.started
             slow_rendering.release.set()
@@ -170,7 +138,7 @@ def test_render_concurrency_setting_is_read_from_the_environment(monkeypatch):
 
 def test_repeated_single_valued_fields_are_422_naming_the_field():
     async def scenario() -> list[httpx.Response]:
-        async with in_process(create_app(settings(), FakeBackend())) as http:
+        async with in_process(create_app(settings(), FakeBackend(references=[RECORD]))) as http:
             target = ("target", ("t.png", TARGET.png, "image/png"))
             return [
                 await http.post("/segment", files=[target], data={"reference_ids": "a", "format": ["png", "rle"]}),
@@ -194,9 +162,10 @@ def test_repeated_single_valued_fields_are_422_naming_the_field():
 
 def test_repeatable_fields_may_repeat():
     async def scenario() -> httpx.Response:
-        async with in_process(create_app(settings(), FakeBackend())) as http:
+        async with in_process(create_app(settings(), FakeBackend(references=[RECORD]))) as http:
             files = [("target", ("a.png", TARGET.png, "image/png")), ("target", ("b.png", TARGET.png, "image/png"))]
-            return await http.post("/segment", files=files, data={"reference_ids": ["a", "b"]})
+            ids = [RECORD.reference_id, RECORD.reference_id]  # one reference twice: a 2-shot request
+            return await http.post("/segment", files=files, data={"reference_ids": ids})
 
     response = asyncio.run(scenario())
     assert response.status_code == 200, response.text
@@ -205,7 +174,7 @@ def test_repeatable_fields_may_repeat():
 
 def test_deeply_nested_points_are_422():
     async def scenario() -> httpx.Response:
-        async with in_process(create_app(settings(), FakeBackend())) as http:
+        async with in_process(create_app(settings(), FakeBackend(references=[RECORD]))) as http:
             return await http.post("/match", files={"target": ("t.png", TARGET.png, "image/png")},
                                    data={"reference_id": "a", "points": "[" * 100_000 + "]" * 100_000})
 

@@ -17,9 +17,11 @@ from app.backends.embedded import EmbeddedBackend
 from app.main import create_app
 from app.settings import Settings
 from tests.app.conftest import IMAGE_SIZE
-from tests.app.helpers import assert_error, reference_id
-from tests.app.inprocess import Gate, LiveServer, metric, wait_until
-from tests.app.scenes import REFERENCE, REFERENCE_2, TARGET, png_bytes
+from tests.support.api import assert_error, reference_id
+from tests.support.images import REFERENCE, REFERENCE_2, TARGET, encode
+from tests.support.live_server import Gate, LiveServer
+from tests.support.metrics import metric
+from tests.support.net import eventually
 
 MAX_BATCH = 9  # the 8 well-formed requests and the poison one fit in one batch
 MAX_QUEUE = 64
@@ -88,7 +90,7 @@ def poison_round(engine, ref_id) -> tuple[list[httpx.Response], list[int]]:
             running = await hold_engine(engine, http, ref_id)
             requests = [asyncio.create_task(post_segment(http, [TARGET.png], ref_id)) for _ in range(8)]
             requests.append(asyncio.create_task(post_segment(http, [undecodable_dds()], ref_id)))
-            await asyncio.to_thread(wait_until, lambda: engine.depth() == MAX_BATCH)
+            await asyncio.to_thread(eventually, lambda: engine.depth() == MAX_BATCH)
             first = len(engine.gate.batches)
             engine.gate.open()
             assert (await running).status_code == 200
@@ -116,13 +118,13 @@ def test_queued_jobs_of_disconnected_clients_are_dropped_unrun(engine, ref_id):
         async with httpx.AsyncClient(base_url=engine.url, timeout=120) as http:
             running = await hold_engine(engine, http, ref_id)
             abandoned = [asyncio.create_task(post_segment(http, [TARGET.png] * 8, ref_id)) for _ in range(8)]
-            await asyncio.to_thread(wait_until, lambda: engine.depth() == MAX_QUEUE)
+            await asyncio.to_thread(eventually, lambda: engine.depth() == MAX_QUEUE)
             passes = await asyncio.to_thread(metric, engine.url, ENCODER_PASSES)
             gone = await asyncio.to_thread(metric, engine.url, "insid3_http_requests_total", {"status": "499"})
             for request in abandoned:
                 request.cancel()  # the clients hang up
             await asyncio.gather(*abandoned, return_exceptions=True)
-            await asyncio.to_thread(wait_until, lambda: engine.depth() == 0)
+            await asyncio.to_thread(eventually, lambda: engine.depth() == 0)
             first = len(engine.gate.batches)
             engine.gate.open()
             held = await running
@@ -149,7 +151,7 @@ def distinct_pairs(count: int) -> list[tuple[bytes, bytes]]:
     images = [(rng.random((40, 40, 3)) * 255).astype(np.uint8) for _ in range(count)]
     mask = np.zeros((40, 40), dtype=np.uint8)
     mask[10:30, 10:30] = 255
-    return [(png_bytes(image), png_bytes(mask)) for image in images]
+    return [(encode(image), encode(mask)) for image in images]
 
 
 @pytest.mark.parametrize("count", [17, 70])
@@ -172,7 +174,7 @@ def test_unknown_reference_id_is_404_before_encoding_inline_pairs(engine):
 
 def test_a_failed_request_leaves_none_of_its_inline_references(engine):
     stored = engine.stored()
-    empty_mask = png_bytes(np.zeros((40, 40), dtype=np.uint8))
+    empty_mask = encode(np.zeros((40, 40), dtype=np.uint8))
     [good] = distinct_pairs(1)
     files = [("target", ("t.png", TARGET.png, "image/png")), *pair_files([good, (good[0], empty_mask)])]
     response = httpx.post(f"{engine.url}/segment", files=files, timeout=120)
@@ -186,10 +188,10 @@ def test_a_full_queue_leaves_none_of_the_inline_references(engine, ref_id):
             running = await hold_engine(engine, http, ref_id)
             fillers = [asyncio.create_task(post_segment(http, [TARGET.png] * 16, ref_id)) for _ in range(3)]
             fillers.append(asyncio.create_task(post_segment(http, [TARGET.png] * 15, ref_id)))
-            await asyncio.to_thread(wait_until, lambda: engine.depth() == MAX_QUEUE - 1)
+            await asyncio.to_thread(eventually, lambda: engine.depth() == MAX_QUEUE - 1)
             files = [("target", ("t.png", TARGET.png, "image/png")), *pair_files(distinct_pairs(2))]
             inline = asyncio.create_task(http.post("/segment", files=files))
-            await asyncio.to_thread(wait_until, lambda: engine.depth() == MAX_QUEUE)  # one pair queued, one refused
+            await asyncio.to_thread(eventually, lambda: engine.depth() == MAX_QUEUE)  # one pair queued, one refused
             engine.gate.open()
             assert [r.status_code for r in [await running, *await asyncio.gather(*fillers)]] == [200] * 5
             return await inline

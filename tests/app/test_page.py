@@ -1,24 +1,23 @@
-"""The web page in headless Chromium (Selenium + Debian's chromium/chromedriver): paint, segment,
-see the overlays; then match a clicked point."""
+"""The web page of a real `insid3 serve` in headless Chromium (Selenium + Debian's chromium and
+chromedriver): paint, segment, see the overlays; then match a clicked point."""
 
 from __future__ import annotations
 
 import base64
-import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.app.scenes import REFERENCE, TARGET, TARGET_2
+from tests.support.images import REFERENCE, TARGET, TARGET_2, decode
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -62,7 +61,7 @@ def wait(driver, condition, message: str):
     return WebDriverWait(driver, WAIT_S).until(condition, message)
 
 
-def test_paint_segment_and_see_overlays(browser, server, client, files):
+def test_paint_segment_and_see_overlays(browser, server, files):
     browser.get(server.url)
     wait(browser, lambda d: d.find_element(By.ID, "ready").text == "ready", "the page never saw /readyz")
     browser.find_element(By.ID, "ref-file").send_keys(str(files["reference"]))
@@ -97,12 +96,12 @@ def test_paint_segment_and_see_overlays(browser, server, client, files):
     overlay_img = next(i for i in browser.find_elements(By.CSS_SELECTOR, "#results img.overlay")
                        if i.get_attribute("alt") == "overlay of target.png")
     data_url = browser.execute_script(OVERLAY_PIXELS, overlay_img)
-    overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
+    overlay = decode(base64.b64decode(data_url.split(",", 1)[1]), "RGB")
     assert overlay.shape == TARGET.image.shape
     assert not np.array_equal(overlay[60, 100], TARGET.image[60, 100]), "the target disc is not tinted"
 
     # The painted mask became a stored reference of about the disc's area.
-    newest = client.get("/references", params={"limit": 1}).json()["items"][0]
+    newest = httpx.get(f"{server.url}/references", params={"limit": 1}, timeout=60).json()["items"][0]
     assert (newest["width"], newest["height"]) == (200, 160)
     assert 0.3 < newest["mask_area"] / REFERENCE.mask.sum() < 3
 

@@ -1,45 +1,36 @@
-"""The same HTTP surface with ``--redis-url``: jobs go through Redis to an ``insid3 worker``."""
+"""The same HTTP surface with ``redis_url`` set: the app (in-process, the real ``RedisBackend``)
+sends jobs through the session's real redis-server to a real ``insid3 worker`` process."""
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import numpy as np
 import pytest
-from PIL import Image
+import redis
+from fastapi.testclient import TestClient
 
-from tests.app.conftest import tiny_args
-from tests.app.helpers import assert_error, create_reference, decode_rle, segment
-from tests.app.scenes import REFERENCE, REFERENCE_2, TARGET, iou, png_bytes
-from tests.conftest import REPO_ROOT
+from tests.app.conftest import in_process, tiny_args
+from tests.support.api import assert_error, create_reference, decode_rle, segment
+from tests.support.images import REFERENCE, REFERENCE_2, TARGET, decode, encode, iou
+from tests.support.processes import Process
 
 DATABASE = "/14"  # a database of the session's redis-server that no other test area uses
 
 
 @pytest.fixture(scope="module")
-def redis_client(redis_url, start_server, tiny_checkpoint, tmp_path_factory) -> Iterator[httpx.Client]:
+def redis_client(redis_url, tiny_settings, tiny_checkpoint, tmp_path_factory) -> Iterator[TestClient]:
     url = urlunsplit(urlsplit(redis_url)._replace(path=DATABASE))
-    subprocess.run([sys.executable, "-c", f"import redis; redis.Redis.from_url({url!r}).flushdb()"], check=True)
-    workdir = tmp_path_factory.mktemp("worker")
-    env = {**os.environ, "INSID3_BASIS_CACHE_DIR": str(workdir / "basis")}
-    worker_args = tiny_args(tiny_checkpoint)
-    with (workdir / "worker.log").open("wb") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "insid3", "worker", "--redis-url", url, *worker_args],
-                                  cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    redis.Redis.from_url(url).flushdb()
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    worker = Process.insid3(["worker", "--redis-url", url, *tiny_args(tiny_checkpoint)], log)
     try:
-        server = start_server([*tiny_args(tiny_checkpoint), "--redis-url", url])
-        with httpx.Client(base_url=server.url, timeout=120) as http:
+        with in_process(tiny_settings(redis_url=url)) as http:
             yield http
     finally:
-        worker.terminate()
-        worker.wait(timeout=60)
+        worker.stop()
 
 
 def test_readiness_names_the_mode(redis_client):
@@ -57,7 +48,7 @@ def test_references_segment_and_match(redis_client):
     assert iou(decode_rle(result["rle"]), TARGET.mask) > 0.5
     png = segment(redis_client, [TARGET], {"reference_ids": ref_id, "format": "png"})
     assert png.headers["content-type"] == "image/png"
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content))) > 0, decode_rle(result["rle"]))
+    assert np.array_equal(decode(png.content) > 0, decode_rle(result["rle"]))
 
     second = create_reference(redis_client, REFERENCE_2).json()["reference_id"]
     assert segment(redis_client, [TARGET], {"reference_ids": [ref_id, second]}).status_code == 200
@@ -75,7 +66,7 @@ def test_references_segment_and_match(redis_client):
 def test_bad_input_gives_the_same_errors(redis_client):
     files = {"image": ("i", b"not an image", "image/png"), "mask": ("m", REFERENCE.mask_png, "image/png")}
     assert_error(redis_client.post("/references", files=files), 415, "invalid_image")
-    empty = png_bytes(np.zeros(REFERENCE.mask.shape, dtype=np.uint8))
+    empty = encode(np.zeros(REFERENCE.mask.shape, dtype=np.uint8))
     files = {"image": ("i", REFERENCE.png, "image/png"), "mask": ("m", empty, "image/png")}
     assert_error(redis_client.post("/references", files=files), 422, "empty_mask")
     assert_error(segment(redis_client, [TARGET], {"reference_ids": "0" * 32}), 404, "reference_not_found")

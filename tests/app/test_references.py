@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
-from tests.app.helpers import assert_error, create_reference
-from tests.app.scenes import REFERENCE, REFERENCE_2, scene
+from tests.support.api import assert_error, create_reference
+from tests.support.images import REFERENCE, REFERENCE_2, disc_scene
+from tests.support.net import eventually
 
 
 def test_create_returns_201_then_200_with_the_same_id(client):
-    fresh = scene(100, 90, 120, [(40, 50, 20)])
+    fresh = disc_scene(100, 90, 120, [(40, 50, 20)])
     first = create_reference(client, fresh, name="disc")
     assert first.status_code == 201, first.text
     info = first.json()
@@ -30,7 +29,7 @@ def test_different_inputs_give_different_ids(client):
 
 
 def test_get_list_delete(client):
-    reference_id = create_reference(client, scene(101, 80, 80, [(40, 40, 15)])).json()["reference_id"]
+    reference_id = create_reference(client, disc_scene(101, 80, 80, [(40, 40, 15)])).json()["reference_id"]
     got = client.get(f"/references/{reference_id}")
     assert got.status_code == 200 and got.json()["reference_id"] == reference_id
     page = client.get("/references", params={"limit": 1000}).json()
@@ -43,7 +42,7 @@ def test_get_list_delete(client):
 
 def test_pagination_is_newest_first_and_consistent(client):
     for seed in range(3):
-        create_reference(client, scene(200 + seed, 64, 64, [(32, 32, 10)]))
+        create_reference(client, disc_scene(200 + seed, 64, 64, [(32, 32, 10)]))
     everything = client.get("/references", params={"limit": 1000}).json()
     first = client.get("/references", params={"offset": 0, "limit": 2}).json()
     second = client.get("/references", params={"offset": 2, "limit": 2}).json()
@@ -55,16 +54,16 @@ def test_pagination_is_newest_first_and_consistent(client):
 
 
 def test_reference_expires_after_its_ttl(client):
-    response = create_reference(client, scene(102, 70, 70, [(30, 30, 12)]), ttl_s="0.5")
+    response = create_reference(client, disc_scene(102, 70, 70, [(30, 30, 12)]), ttl_s="0.5")
     assert response.status_code == 201
     reference_id = response.json()["reference_id"]
     assert response.json()["expires_at"] is not None
-    time.sleep(1.0)
+    eventually(lambda: client.get(f"/references/{reference_id}").status_code == 404, 30, "the reference to expire")
     assert_error(client.get(f"/references/{reference_id}"), 404, "reference_not_found")
     ids = [item["reference_id"] for item in client.get("/references", params={"limit": 1000}).json()["items"]]
     assert reference_id not in ids
 
 
 def test_ttl_zero_never_expires(client):
-    response = create_reference(client, scene(103, 70, 70, [(30, 30, 12)]), ttl_s="0")
+    response = create_reference(client, disc_scene(103, 70, 70, [(30, 30, 12)]), ttl_s="0")
     assert response.status_code == 201 and response.json()["expires_at"] is None

@@ -1,19 +1,15 @@
-"""POST /segment: every format, k-shot, inline references, several targets, instances."""
+"""POST /segment: every format, k-shot, inline references, several targets, instances (in-process, real engine)."""
 
 from __future__ import annotations
 
 import base64
-import io
 
 import numpy as np
 import pytest
-from PIL import Image
 from pycocotools import mask as coco_mask
 
-from tests.app.helpers import decode_rle, reference_id, segment
-from tests.app.scenes import REFERENCE, REFERENCE_2, TARGET, TARGET_2, TWO_DISCS, Scene, iou
-
-BLUE = (30, 30, 220)
+from tests.support.api import decode_rle, reference_id, segment
+from tests.support.images import BLUE, REFERENCE, REFERENCE_2, TARGET, TARGET_2, TWO_DISCS, Scene, decode, iou
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +39,7 @@ def test_png_is_the_mask(client, ref_id):
     rle = segment(client, [TARGET], {"reference_ids": ref_id}).json()["results"][0]["rle"]
     response = segment(client, [TARGET], {"reference_ids": ref_id, "format": "png"})
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
-    png = np.asarray(Image.open(io.BytesIO(response.content)))
+    png = decode(response.content)
     assert png.shape == TARGET.mask.shape
     assert np.array_equal(png > 0, decode_rle(rle))
     assert int(response.headers["x-insid3-area"]) == int((png > 0).sum())
@@ -62,7 +58,7 @@ def test_overlay_tints_the_found_region(client, ref_id):
     rle_mask = decode_rle(segment(client, [TARGET], {"reference_ids": ref_id}).json()["results"][0]["rle"])
     response = segment(client, [TARGET], {"reference_ids": ref_id, "format": "overlay"})
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
-    overlay = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")).astype(int)
+    overlay = decode(response.content, "RGB").astype(int)
     assert overlay.shape == TARGET.image.shape
     outside = ~rle_mask
     assert np.array_equal(overlay[outside], TARGET.image[outside].astype(int))
@@ -81,7 +77,7 @@ def test_png_with_several_targets_is_base64_json(client, ref_id):
     response = segment(client, [TARGET, TARGET_2], {"reference_ids": ref_id, "format": "png"})
     assert response.headers["content-type"] == "application/json"
     for result, scene in zip(response.json()["results"], (TARGET, TARGET_2), strict=True):
-        png = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["png"]))))
+        png = decode(base64.b64decode(result["png"]))
         assert png.shape == scene.mask.shape and result["area"] == int((png > 0).sum())
 
 

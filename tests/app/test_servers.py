@@ -1,39 +1,35 @@
-"""Servers configured differently: missing model, API keys + CORS + full queue, another image size."""
+"""Apps configured differently, in-process: missing model, API keys + CORS (fake backend), a queue
+that holds nothing, another image size; and invalid settings on the command line."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-
-import httpx
 import pytest
 
-from tests.app.conftest import tiny_args
-from tests.app.helpers import assert_error, create_reference, reference_id, segment
-from tests.app.scenes import REFERENCE, TARGET
-from tests.conftest import REPO_ROOT
+from insid3.cli import main as insid3
+from tests.app.conftest import in_process
+from tests.support.api import assert_error, create_reference, match, reference_id, segment
+from tests.support.fake_backend import FakeBackend
+from tests.support.images import REFERENCE, TARGET
+from tests.support.net import eventually
 
 KEYS = ("key-one", "key-two")
 ORIGIN = "http://page.example"
 
 
 @pytest.fixture(scope="module")
-def missing_model(start_server):
+def missing_model(tiny_settings):
     """Model size small with an empty pretrain/ folder: no weights anywhere."""
-    server = start_server(["--model-size", "small", "--image-size", "224", "--device", "cpu"], ready=False)
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with in_process(tiny_settings(model_size="small", weights=None, image_size=224), ready=False) as http:
         yield http
 
 
-def _settled_reason(http: httpx.Client, timeout_s: float = 60.0) -> str:
+def _settled_reason(http) -> str:
     """The /readyz 503 reason once the background model build has given up (no longer "loading")."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def settled() -> str | None:
         reason = assert_error(http.get("/readyz"), 503, "model_unavailable")["detail"]
-        if not reason.startswith("the model is loading") or time.monotonic() > deadline:
-            return reason
-        time.sleep(0.05)
+        return None if reason.startswith("the model is loading") else reason
+
+    return eventually(settled, 60, "the model build to give up")
 
 
 def test_missing_model_keeps_running_and_says_why(missing_model):
@@ -51,67 +47,70 @@ def test_missing_model_keeps_running_and_says_why(missing_model):
 
 
 @pytest.fixture(scope="module")
-def guarded(start_server, tiny_checkpoint):
-    """API keys, one CORS origin, and a queue that holds nothing."""
-    server = start_server(tiny_args(tiny_checkpoint), {
-        "INSID3_API_KEYS": ",".join(KEYS), "INSID3_CORS_ORIGINS": ORIGIN, "INSID3_MAX_QUEUE": "0",
-        "INSID3_RETRY_AFTER_S": "3",
-    })
-    with httpx.Client(base_url=server.url, timeout=60) as http:
-        yield http
+def guarded(tiny_settings):
+    """API keys and one CORS origin, on a fake backend."""
+    backend = FakeBackend()
+    with in_process(tiny_settings(api_keys=list(KEYS), cors_origins=[ORIGIN]), backend) as http:
+        yield http, backend
 
 
 def test_api_keys_are_required_on_model_endpoints(guarded):
-    assert_error(guarded.get("/references"), 401, "unauthorized")
-    assert_error(guarded.get("/references", headers={"X-API-Key": "wrong"}), 401, "unauthorized")
-    assert_error(segment(guarded, [TARGET], {"reference_ids": "x"}), 401, "unauthorized")
-    assert guarded.get("/references", headers={"X-API-Key": KEYS[1]}).status_code == 200
+    http, backend = guarded
+    assert_error(http.get("/references"), 401, "unauthorized")
+    assert_error(http.get("/references", headers={"X-API-Key": "wrong"}), 401, "unauthorized")
+    assert_error(segment(http, [TARGET], {"reference_ids": "x"}), 401, "unauthorized")
+    assert backend.calls == []
+    assert http.get("/references", headers={"X-API-Key": KEYS[1]}).status_code == 200
+    assert backend.called("list_references") == 1
     for public in ("/healthz", "/readyz", "/metrics", "/", "/openapi.json"):
-        assert guarded.get(public).status_code == 200, public
-
-
-def test_full_queue_is_503_with_retry_after(guarded):
-    guarded.headers["X-API-Key"] = KEYS[0]
-    response = create_reference(guarded, REFERENCE)
-    assert_error(response, 503, "queue_full")
-    assert response.headers["retry-after"] == "3"
+        assert http.get(public).status_code == 200, public
 
 
 def test_cors_allows_only_the_configured_origin(guarded):
+    http, _ = guarded
     preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "X-API-Key"}
-    allowed = guarded.options("/segment", headers={"Origin": ORIGIN, **preflight})
+    allowed = http.options("/segment", headers={"Origin": ORIGIN, **preflight})
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == ORIGIN
-    denied = guarded.options("/segment", headers={"Origin": "http://evil.example", **preflight})
+    denied = http.options("/segment", headers={"Origin": "http://evil.example", **preflight})
     assert "access-control-allow-origin" not in denied.headers
-    assert guarded.get("/healthz", headers={"Origin": ORIGIN}).headers["access-control-allow-origin"] == ORIGIN
+    assert http.get("/healthz", headers={"Origin": ORIGIN}).headers["access-control-allow-origin"] == ORIGIN
 
 
 def test_no_cors_headers_by_default(client):
     assert "access-control-allow-origin" not in client.get("/healthz", headers={"Origin": ORIGIN}).headers
 
 
-def test_reference_of_another_image_size_is_409(client, start_server, tiny_checkpoint, reference_dir):
+def test_full_queue_is_503_with_retry_after(tiny_settings):
+    with in_process(tiny_settings(max_queue=0, retry_after_s=3)) as http:
+        response = create_reference(http, REFERENCE)
+    assert_error(response, 503, "queue_full")
+    assert response.headers["retry-after"] == "3"
+
+
+def test_reference_of_another_image_size_is_409(client, tiny_settings, reference_dir):
     ref_id = reference_id(client, REFERENCE)
-    other = start_server(tiny_args(tiny_checkpoint, image_size=96), {"INSID3_REFERENCE_DIR": str(reference_dir)})
-    with httpx.Client(base_url=other.url, timeout=60) as http:
-        assert http.get(f"/references/{ref_id}").json()["image_size"] == 128
-        body = assert_error(segment(http, [TARGET], {"reference_ids": ref_id}), 409, "incompatible_reference")
+    with in_process(tiny_settings(image_size=96, reference_dir=reference_dir)) as other:
+        assert other.get(f"/references/{ref_id}").json()["image_size"] == 128
+        body = assert_error(segment(other, [TARGET], {"reference_ids": ref_id}), 409, "incompatible_reference")
         assert "128" in body["detail"] and "96" in body["detail"]
-        match = http.post("/match", files={"target": ("t", TARGET.png, "image/png")},
-                          data={"reference_id": ref_id, "points": "[[5, 5]]"})
-        assert_error(match, 409, "incompatible_reference")
+        assert_error(match(other, TARGET, {"reference_id": ref_id, "points": "[[5, 5]]"}), 409,
+                     "incompatible_reference")
 
 
-def test_deadline_exceeded_is_504_and_the_server_goes_on(client):
+def test_deadline_exceeded_is_504_and_the_app_goes_on(client):
     ref_id = reference_id(client, REFERENCE)
     late = segment(client, [TARGET], {"reference_ids": ref_id}, headers={"X-Request-Timeout": "0.000001"})
     assert_error(late, 504, "deadline_exceeded")
     assert segment(client, [TARGET], {"reference_ids": ref_id}).status_code == 200
 
 
-def test_invalid_settings_exit_with_a_message():
-    result = subprocess.run(
-        [sys.executable, "-m", "insid3", "serve", "--port", "1"], cwd=REPO_ROOT, capture_output=True, text=True,
-        env={"INSID3_MAX_BATCH": "zero", "PATH": ""}, timeout=120,
-    )
-    assert result.returncode == 2 and "max_batch" in result.stderr
+def test_invalid_settings_exit_with_a_message(monkeypatch, capsys):
+    import uvicorn
+
+    def never(*args, **kwargs):
+        raise AssertionError("invalid settings must stop before uvicorn starts")
+
+    monkeypatch.setattr(uvicorn, "run", never)
+    monkeypatch.setenv("INSID3_MAX_BATCH", "zero")
+    assert insid3(["serve", "--port", "1"]) == 2
+    assert "max_batch" in capsys.readouterr().err

@@ -1,4 +1,8 @@
-"""The insid3 command: segment, match, make-checkpoint, and errors without stack traces."""
+"""The insid3 command: segment, match, make-checkpoint, and errors without stack traces.
+
+``segment`` runs as a real ``python -m insid3`` process (the console entry point, with HOME in the
+test folder for the basis cache); make-checkpoint, match (with --basis-cache-dir) and the error paths call
+``insid3.cli.main(argv)`` in-process."""
 
 from __future__ import annotations
 
@@ -7,23 +11,27 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+from insid3.cli import main as insid3
+from tests.support.paths import REPO_ROOT
 
 INSID3 = [sys.executable, "-m", "insid3"]
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*INSID3, *args], capture_output=True, text=True, cwd=cwd, check=False,
-                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "HOME": str(cwd)})
+                          env={"PYTHONPATH": str(REPO_ROOT), "HOME": str(cwd)})
 
 
-def test_make_checkpoint_segment_and_match(tmp_path: Path, scene) -> None:
+def test_make_checkpoint_segment_and_match(tmp_path: Path, scene, monkeypatch, capsys) -> None:
     image, mask = scene
     Image.fromarray(image).save(tmp_path / "ref.png")
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "ref_mask.png")
     Image.fromarray(np.roll(image, 25, axis=1)).save(tmp_path / "target.jpg")
-    made = _run("make-checkpoint", "--model-size", "tiny", "--out", "w/tiny.pth", "--seed", "1", cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+    assert insid3(["make-checkpoint", "--model-size", "tiny", "--out", str(tmp_path / "w" / "tiny.pth"),
+                   "--seed", "1"]) == 0
     engine = ["--model-size", "tiny", "--weights", "w/tiny.pth", "--image-size", "64", "--device", "cpu"]
 
     segmented = _run("segment", "ref.png", "ref_mask.png", "target.jpg", "--out", "out", *engine, cwd=tmp_path)
@@ -34,22 +42,28 @@ def test_make_checkpoint_segment_and_match(tmp_path: Path, scene) -> None:
     assert overlay.width > overlay.height  # reference and target side by side
     assert '"area"' in segmented.stdout
 
-    matched = _run("match", "ref.png", "target.jpg", "--point", "60,40", "--point", "10,10", "--out", "out",
-                   *engine, cwd=tmp_path)
-    assert matched.returncode == 0, matched.stderr
-    assert matched.stdout.count("->") == 2
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert insid3(["match", "ref.png", "target.jpg", "--point", "60,40", "--point", "10,10", "--out", "out",
+                   "--basis-cache-dir", str(tmp_path / "basis"), *engine]) == 0
+    assert capsys.readouterr().out.count("->") == 2
     assert (tmp_path / "out" / "target_matches.png").is_file()
 
 
-def test_errors_are_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
-    missing = _run("segment", "a.png", "b.png", "c.png", "--model-size", "small", "--device", "cpu", cwd=tmp_path)
-    assert missing.returncode == 2
-    assert "Traceback" not in missing.stderr
-    assert "dinov3_vits16_pretrain_lvd1689m-08c60483.pth" in missing.stderr
-    impossible = _run("make-checkpoint", "--model-size", "tiny", "--out", "t.pth", cwd=tmp_path)
-    assert impossible.returncode == 0
-    too_many = _run("segment", "a.png", "b.png", "c.png", "--model-size", "tiny", "--weights", "t.pth",
-                    "--svd-components", "96", "--device", "cpu", cwd=tmp_path)
-    assert too_many.returncode == 2 and "svd_components=96 is impossible" in too_many.stderr
-    bad_point = _run("match", "a.png", "b.png", "--point", "oops", cwd=tmp_path)
-    assert bad_point.returncode == 2 and "X,Y" in bad_point.stderr
+def test_errors_are_one_clear_line_not_a_traceback(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "empty-pretrain"
+    missing.mkdir()
+    assert insid3(["segment", "a.png", "b.png", "c.png", "--model-size", "small", "--device", "cpu",
+                   "--pretrain-dir", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "dinov3_vits16_pretrain_lvd1689m-08c60483.pth" in err
+    weights = tmp_path / "t.pth"
+    assert insid3(["make-checkpoint", "--model-size", "tiny", "--out", str(weights)]) == 0
+    capsys.readouterr()
+    too_many = insid3(["segment", "a.png", "b.png", "c.png", "--model-size", "tiny", "--weights", str(weights),
+                       "--svd-components", "96", "--device", "cpu"])
+    assert too_many == 2 and "svd_components=96 is impossible" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad_point:
+        insid3(["match", "a.png", "b.png", "--point", "oops"])
+    assert bad_point.value.code == 2 and "X,Y" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +11,14 @@ from PIL import Image
 
 from core.errors import EmptyMaskError, ImageTooLargeError, InvalidImageError, MaskShapeError
 from core.images import check_mask, load_image, load_mask, mask_to_tensor, pixels_to_tensor, resize_square
-
-
-def _encode(image: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
+from tests.support.images import encode
 
 
 def test_paths_bytes_pil_and_arrays_decode_to_the_same_rgb(tmp_path: Path) -> None:
     array = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
     image = Image.fromarray(array)
-    (tmp_path / "a.png").write_bytes(_encode(image))
-    for source in (tmp_path / "a.png", str(tmp_path / "a.png"), _encode(image), image, array):
+    (tmp_path / "a.png").write_bytes(encode(image))
+    for source in (tmp_path / "a.png", str(tmp_path / "a.png"), encode(image), image, array):
         decoded = load_image(source)
         assert decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), array)
 
@@ -34,7 +28,7 @@ def test_every_common_mode_becomes_rgb(mode: str) -> None:
     base = Image.fromarray(np.full((8, 12, 3), 200, dtype=np.uint8))
     image = base.convert("L").convert(mode) if mode == "I;16" else base.convert(mode)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
-    decoded = load_image(_encode(image, fmt) if mode != "I;16" else image)
+    decoded = load_image(encode(image, fmt) if mode != "I;16" else image)
     assert decoded.mode == "RGB" and decoded.size == (12, 8)
 
 
@@ -48,7 +42,7 @@ def test_exif_orientation_is_applied() -> None:
     image = Image.new("RGB", (40, 20), "red")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise on display
-    decoded = load_image(_encode(image, "JPEG", exif=exif.tobytes()))
+    decoded = load_image(encode(image, "JPEG", exif=exif.tobytes()))
     assert decoded.size == (20, 40)
 
 
@@ -57,13 +51,13 @@ def test_not_an_image_and_truncated_images_are_invalid() -> None:
         load_image(b"hello world")
     with pytest.raises(InvalidImageError, match="empty"):
         load_image(b"")
-    whole = _encode(Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    whole = encode(Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
     with pytest.raises(InvalidImageError):
         load_image(whole[: len(whole) // 2])
 
 
 def test_pixel_limit_and_decompression_bombs_are_refused() -> None:
-    big = _encode(Image.new("L", (3000, 3000)))
+    big = encode(Image.new("L", (3000, 3000)))
     with pytest.raises(ImageTooLargeError, match="over the limit"):
         load_image(big, max_pixels=1_000_000)
     assert load_image(big, max_pixels=10_000_000).size == (3000, 3000)
@@ -72,10 +66,10 @@ def test_pixel_limit_and_decompression_bombs_are_refused() -> None:
 def test_masks_any_nonzero_value_is_foreground() -> None:
     mask = np.zeros((4, 4, 3), dtype=np.uint8)
     mask[1, 2, 1] = 7
-    decoded = load_mask(_encode(Image.fromarray(mask)))
+    decoded = load_mask(encode(Image.fromarray(mask)))
     assert decoded.dtype == bool and decoded.sum() == 1 and decoded[1, 2]
     palette = Image.fromarray(np.array([[0, 3], [0, 0]], dtype=np.uint8), mode="P")
-    assert load_mask(_encode(palette)).sum() == 1
+    assert load_mask(encode(palette)).sum() == 1
 
 
 def test_empty_masks_and_aspect_mismatches_are_rejected() -> None:

@@ -22,7 +22,7 @@ import yaml
 
 from core.settings import EngineSettings
 from insid3.cli import build_parser
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))

@@ -3,31 +3,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
-from tests.conftest import REPO_ROOT, free_port, wait_for_port
 from tests.deploy.config import PROMETHEUS_CONFIG, service, tool
-
-STARTUP_S = 120.0  # a guard against hangs, never a performance assertion
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout_s: float = STARTUP_S) -> Any:
-    """Poll ``condition`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout_s
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what}")
-        time.sleep(0.2)
-    return result
+from tests.support.net import eventually, free_port, wait_for_port
+from tests.support.paths import REPO_ROOT
+from tests.support.processes import Processes, wait_ready
 
 
 def with_options(argv: list[str], **options: object) -> list[str]:
@@ -55,46 +41,33 @@ def local_prometheus_config(targets: dict[str, list[str]], rule_dir: Path = PROM
     return config
 
 
-class Stack:
+class Stack(Processes):
     """Redis, the API, N workers and Prometheus as child processes of the test."""
 
     def __init__(self, workdir: Path, checkpoint: Path, image_size: int) -> None:
+        super().__init__(workdir)
         self.workdir = workdir
         self.checkpoint = checkpoint
         self.image_size = image_size
-        self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.redis_url = ""
         self.api_port = 0
         self.worker_ports: list[int] = []
         self.prometheus_port = 0
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path = REPO_ROOT) -> None:
-        with (self.workdir / f"{name}.log").open("wb") as log:
-            process = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **(env or {})})
-        self.processes.append((name, process))
-
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
-
-    def check_alive(self) -> None:
-        for name, process in self.processes:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.log(name)}")
 
     def start_redis(self) -> None:
         port = free_port()
         data = self.workdir / "redis"
         data.mkdir()
-        self._spawn("redis", [tool("redis-server"), str(REPO_ROOT / "deploy" / "redis" / "redis.conf"),
-                              "--port", str(port), "--bind", "127.0.0.1"], cwd=data)
+        self.start("redis", [tool("redis-server"), str(REPO_ROOT / "deploy" / "redis" / "redis.conf"),
+                             "--port", str(port), "--bind", "127.0.0.1"], cwd=data)
         wait_for_port(port)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
 
     def _insid3(self, name: str, compose_service: str, argv: list[str]) -> None:
-        env = {**service(compose_service)["environment"], "OMP_NUM_THREADS": "1",
-               "INSID3_BASIS_CACHE_DIR": str(self.workdir / "basis"), "INSID3_LOG_LEVEL": "warning"}
-        self._spawn(name, [sys.executable, "-m", "insid3", *argv], env)
+        self.insid3(name, argv, {**service(compose_service)["environment"], "INSID3_LOG_LEVEL": "warning"})
 
     def start_api(self) -> None:
         self.api_port = free_port()
@@ -118,23 +91,16 @@ class Stack:
         })
         path = self.workdir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
-        self._spawn("prometheus", [
+        self.start("prometheus", [
             tool("prometheus"), f"--config.file={path}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{self.prometheus_port}", "--log.level=warn",
         ])
 
     def wait_ready(self) -> None:
         """Until the API is ready (a worker is alive) and every process answers on its port."""
-        def ready() -> bool:
-            self.check_alive()
-            try:
-                return httpx.get(f"{self.api_url}/readyz", timeout=5).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, "the API to be ready")
+        wait_ready(self.api_url, self)
         for port in [*self.worker_ports, self.prometheus_port]:
-            wait_for_port(port, timeout_s=STARTUP_S)
+            wait_for_port(port)
 
     def wait_scraped(self, targets: int) -> None:
         """Until Prometheus has scraped ``targets`` targets successfully."""
@@ -143,12 +109,13 @@ class Stack:
             active = self.prometheus_api("targets")["activeTargets"]
             return len(active) == targets and all(target["health"] == "up" for target in active)
 
-        wait_until(scraped, f"Prometheus to scrape {targets} targets")
+        eventually(scraped, what=f"Prometheus to scrape {targets} targets", interval_s=0.2)
 
     def wait_next_scrape(self) -> None:
         """Until Prometheus has scraped every target again."""
         since = time.time()
-        wait_until(lambda: float(self.query("min(timestamp(up))")[0]["value"][1]) > since, "the next scrape")
+        eventually(lambda: float(self.query("min(timestamp(up))")[0]["value"][1]) > since, what="the next scrape",
+                   interval_s=0.2)
 
     @property
     def api_url(self) -> str:
@@ -166,12 +133,3 @@ class Stack:
         response = httpx.get(f"http://127.0.0.1:{self.prometheus_port}/api/v1/{path}", timeout=30)
         response.raise_for_status()
         return response.json()["data"]
-
-    def close(self) -> None:
-        for _, process in reversed(self.processes):
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()

@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from app.settings import Settings
-from tests.conftest import REPO_ROOT
 from tests.deploy.config import (
     INSID3_SERVICES,
     PROMETHEUS_CONFIG,
@@ -21,6 +20,7 @@ from tests.deploy.config import (
     service,
     settings_from,
 )
+from tests.support.paths import REPO_ROOT
 from workers.settings import WorkerSettings
 
 SETTINGS = {"api": Settings, "worker": WorkerSettings}

@@ -6,9 +6,9 @@ import re
 
 import yaml
 
-from tests.conftest import REPO_ROOT
 from tests.deploy.config import DASHBOARDS, DEPLOY, alert_queries, dashboard_queries, dashboards, panels
 from tests.deploy.promql import expand_grafana, metric_names
+from tests.support.paths import REPO_ROOT
 
 EXPOSITION_SUFFIXES = ("_bucket", "_sum", "_count")
 

@@ -17,8 +17,10 @@ import pytest
 from dockerfile_parse import DockerfileParser
 
 from app.settings import Settings
-from tests.conftest import REPO_ROOT, free_port, wait_for_port
 from tests.deploy.config import healthcheck, parse_command, run
+from tests.support.net import free_port, wait_for_port
+from tests.support.paths import REPO_ROOT
+from tests.support.processes import Process
 from workers.settings import WorkerSettings
 
 ENV_OUTSIDE_SETTINGS = {"PYTHONUNBUFFERED"}
@@ -176,12 +178,11 @@ def http_server(tmp_path):
     """``python -m http.server`` serving a file named ``healthz``: 200 on /healthz, 404 elsewhere."""
     (tmp_path / "healthz").write_text("ok")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Process([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                     tmp_path / "http-server.log", cwd=tmp_path)
     wait_for_port(port)
     yield port
-    server.terminate()
-    server.wait(timeout=10)
+    server.stop(timeout_s=10)
 
 
 def test_healthcheck_script(http_server):

@@ -4,20 +4,18 @@ localhost). After traffic through every route, every dashboard and alert query m
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port
 from tests.deploy.config import alert_queries, alert_rules, dashboard_queries, healthcheck, service
 from tests.deploy.promql import as_bool, expand_grafana, metric_names
-from tests.deploy.stack import Stack, wait_until
+from tests.deploy.stack import Stack
+from tests.support.images import small_scene
+from tests.support.net import eventually, free_port
 
 IMAGE_SIZE = 64
 WORKERS = 2
@@ -26,15 +24,8 @@ CUDA_ONLY = {"insid3_gpu_memory_bytes"}
 PROMETHEUS_METRICS = {"up"}
 
 
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-IMAGE = png((np.random.default_rng(0).random((72, 88, 3)) * 255).astype(np.uint8))
-TARGET = png((np.random.default_rng(1).random((80, 64, 3)) * 255).astype(np.uint8))
-MASK = png(np.pad(np.full((24, 30), 255, np.uint8), ((18, 30), (29, 29))))
+IMAGE, MASK = small_scene(0).png, small_scene(0).mask_png
+TARGET = small_scene(1).png
 
 
 def drive_traffic(api: httpx.Client) -> None:
@@ -94,7 +85,7 @@ def assert_all_return_data(stack: Stack, queries: list[tuple[str, str]]) -> None
         return not missing
 
     try:
-        wait_until(all_have_data, "every query to return data", timeout_s=60)
+        eventually(all_have_data, 60, "every query to return data", interval_s=0.2)
     except TimeoutError:
         pytest.fail("queries without data:\n" + "\n".join(missing))
 
@@ -124,7 +115,7 @@ def test_prometheus_evaluates_every_alert_rule_without_error(stack):
         rules = [rule for group in stack.prometheus_api("rules")["groups"] for rule in group["rules"]]
         return all(rule["lastEvaluation"] > "2000" for rule in rules) and rules
 
-    rules = wait_until(evaluated, "every rule to be evaluated")
+    rules = eventually(evaluated, what="every rule to be evaluated", interval_s=0.2)
     assert {rule["name"] for rule in rules} == {rule["alert"] for rule in alert_rules()}
     assert [(rule["name"], rule.get("lastError")) for rule in rules if rule["health"] != "ok"] == []
 

@@ -339,8 +339,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticData:
 
 
 @pytest.fixture
-def basis_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Keep the engine's positional-basis cache inside the test's temporary folder."""
-    path = tmp_path / "basis"
-    monkeypatch.setenv("INSID3_BASIS_CACHE_DIR", str(path))
-    yield path
+def basis_cache(basis_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Keep the engine's positional-basis cache in the session's temporary one (computed once)."""
+    monkeypatch.setenv("INSID3_BASIS_CACHE_DIR", str(basis_cache_dir))
+    yield basis_cache_dir

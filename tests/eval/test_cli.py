@@ -30,6 +30,12 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def evaluate(out: Path, *args: Any) -> dict[str, Any]:
+    """``insid3 eval ARGS --output-dir OUT``, which must succeed; its results.json."""
+    assert run_eval(*args, "--output-dir", out) == 0
+    return read_json(out / "results.json")
+
+
 def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (path / "episodes.jsonl").read_text().splitlines()]
 
@@ -39,10 +45,8 @@ def records(path: Path) -> list[dict[str, Any]]:
 )
 def test_segmentation_end_to_end(synthetic: Any, engine_args: list[str], tmp_path: Path, dataset: str) -> None:
     out = tmp_path / "run"
-    code = run_eval("--dataset", dataset, "--data-root", synthetic.root, "--limit", 5, "--batch-size", 2,
-                    "--output-dir", out, *engine_args)
-    assert code == 0
-    results = read_json(out / "results.json")
+    results = evaluate(out, "--dataset", dataset, "--data-root", synthetic.root, "--limit", 5, "--batch-size", 2,
+                       *engine_args)
     loader = build_segmentation(dataset, synthetic.root, 0, 1)
     assert results["episodes"] == 5 and results["dataset"] == dataset
     assert 0.0 <= results["miou"] <= 100.0
@@ -63,9 +67,8 @@ def test_segmentation_end_to_end(synthetic: Any, engine_args: list[str], tmp_pat
 
 def test_spair_end_to_end(synthetic: Any, engine_args: list[str], tmp_path: Path) -> None:
     out = tmp_path / "spair"
-    assert run_eval("--dataset", "spair", "--data-root", synthetic.root, "--debiased", "--batch-size", 3,
-                    "--output-dir", out, *engine_args) == 0
-    results = read_json(out / "results.json")
+    results = evaluate(out, "--dataset", "spair", "--data-root", synthetic.root, "--debiased", "--batch-size", 3,
+                       *engine_args)
     assert results["pairs"] == len(synthetic.spair) and results["debiased"] is True
     assert list(results["pck"]) == ["0.05", "0.10", "0.15", "0.20"]
     assert set(results["per_category"]) == {"aeroplane", "cat"}
@@ -77,9 +80,8 @@ def test_spair_end_to_end(synthetic: Any, engine_args: list[str], tmp_path: Path
 
 def test_all_folds_report_the_mean_of_the_folds(synthetic: Any, engine_args: list[str], tmp_path: Path) -> None:
     out = tmp_path / "isaid"
-    assert run_eval("--dataset", "isaid", "--data-root", synthetic.root, "--all-folds", "--limit", 3,
-                    "--output-dir", out, *engine_args) == 0
-    summary = read_json(out / "results.json")
+    summary = evaluate(out, "--dataset", "isaid", "--data-root", synthetic.root, "--all-folds", "--limit", 3,
+                       *engine_args)
     folds = [read_json(out / f"fold{f}" / "results.json") for f in range(3)]
     assert [f["fold"] for f in folds] == [0, 1, 2]
     assert summary["miou"] == pytest.approx(sum(f["miou"] for f in folds) / 3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from evaluation.datasets.base import open_image
 from evaluation.datasets.masks import decode_segmentation
 from evaluation.errors import DatasetNotFoundError
 from evaluation.sampling import new_rng
+from tests.support.images import encode
 
 
 def episodes(data: Any, name: str, n: int = 8, fold: int = 0, shot: int = 1) -> list[Any]:
@@ -136,9 +136,7 @@ def test_exif_orientation_is_never_applied(tmp_path: Path) -> None:
     image = Image.new("RGB", (48, 32))
     exif = image.getexif()
     exif[0x0112] = 6  # rotate 90
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", exif=exif.tobytes())
-    (tmp_path / "x.jpg").write_bytes(buffer.getvalue())
+    (tmp_path / "x.jpg").write_bytes(encode(image, "JPEG", exif=exif.tobytes()))
     assert load_image(open_image(tmp_path / "x.jpg", "test")).size == (48, 32)
 
 

@@ -3,36 +3,19 @@ backlog bound, deadlines, Redis unreachable, and the mapping of worker errors to
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import pytest
 import redis
 
 from core.errors import IncompatibleReferenceError, InvalidImageError
 from core.serving import DeadlineExceeded, JobFailed, ModelUnavailable, QueueFull, ReferenceNotFound
-from tests.conftest import free_port
+from tests.support.net import free_port
 from tests.workers.conftest import database_url
-from workers.client import QueueLimits, RedisBackend
+from tests.workers.helpers import run_with_backend
+from workers.client import RedisBackend
 from workers.codec import RemoteError, remote_exception
 from workers.keys import DEFAULT_KEYS
-
-T = TypeVar("T")
-
-
-def with_backend(url: str, scenario: Callable[[RedisBackend], Awaitable[T]], max_backlog: int = 64,
-                 retry_after_s: int = 1) -> T:
-    async def main() -> T:
-        backend = RedisBackend(url, QueueLimits(max_backlog, retry_after_s, 86_400.0, 5.0))
-        await backend.start()
-        try:
-            return await scenario(backend)
-        finally:
-            await backend.close()
-
-    return asyncio.run(main())
 
 
 @pytest.fixture
@@ -56,43 +39,54 @@ def test_worker_errors_become_the_engines_exceptions() -> None:
 
 def test_readiness_needs_a_live_worker(redis_url: str) -> None:
     url = database_url(redis_url)
-    reason = with_backend(url, lambda backend: backend.readiness())
-    assert reason is not None and "no worker" in reason and "insid3 worker --redis-url" in reason
-    with pytest.raises(ModelUnavailable, match="no worker"):
-        with_backend(url, lambda b: b.segment([b"t"], ["r"], None, None, time.time() + 5))
-    redis.Redis.from_url(url).set(DEFAULT_KEYS.alive, "w", px=60_000)
-    assert with_backend(url, lambda backend: backend.readiness()) is None
+
+    async def scenario(backend: RedisBackend) -> None:
+        reason = await backend.readiness()
+        assert reason is not None and "no worker" in reason and "insid3 worker --redis-url" in reason
+        with pytest.raises(ModelUnavailable, match="no worker"):
+            await backend.segment([b"t"], ["r"], None, None, time.time() + 5)
+        redis.Redis.from_url(url).set(DEFAULT_KEYS.alive, "w", px=60_000)
+        assert await backend.readiness() is None
+
+    run_with_backend(url, scenario)
 
 
 def test_unknown_references_are_refused_before_queueing(url: str) -> None:
-    with pytest.raises(ReferenceNotFound) as caught:
-        with_backend(url, lambda b: b.match(b"t", "nope", [(1.0, 2.0)], True, time.time() + 5))
-    assert caught.value.reference_id == "nope"
-    with pytest.raises(ReferenceNotFound):
-        with_backend(url, lambda b: b.get_reference("nope"))
-    with pytest.raises(ReferenceNotFound):
-        with_backend(url, lambda b: b.delete_reference("nope"))
+    async def scenario(backend: RedisBackend) -> None:
+        with pytest.raises(ReferenceNotFound) as caught:
+            await backend.match(b"t", "nope", [(1.0, 2.0)], True, time.time() + 5)
+        assert caught.value.reference_id == "nope"
+        with pytest.raises(ReferenceNotFound):
+            await backend.get_reference("nope")
+        with pytest.raises(ReferenceNotFound):
+            await backend.delete_reference("nope")
+
+    run_with_backend(url, scenario)
     assert redis.Redis.from_url(url).xlen(DEFAULT_KEYS.stream) == 0
 
 
 def test_backlog_bound_and_deadlines(url: str) -> None:
-    limits = {"max_backlog": 2, "retry_after_s": 3}
-    with pytest.raises(DeadlineExceeded):  # queued, never answered: no worker runs
-        with_backend(url, lambda b: b.create_reference(b"i", b"m", None, None, time.time() + 0.2), **limits)
-    with pytest.raises(QueueFull) as caught:  # 1 waiting + 2 > 2
-        with_backend(url, lambda b: b.segment([b"a", b"b"], [], None, None, time.time() + 5), **limits)
-    assert caught.value.retry_after_s == 3
-    with pytest.raises(DeadlineExceeded):
-        with_backend(url, lambda b: b.create_reference(b"i", b"m", None, None, time.time() - 1), **limits)
-    assert with_backend(url, lambda backend: backend.queue_depth(), **limits) == 1
+    async def scenario(backend: RedisBackend) -> None:
+        with pytest.raises(DeadlineExceeded):  # queued, never answered: no worker runs
+            await backend.create_reference(b"i", b"m", None, None, time.time() + 0.2)
+        with pytest.raises(QueueFull) as caught:  # 1 waiting + 2 > 2
+            await backend.segment([b"a", b"b"], [], None, None, time.time() + 5)
+        assert caught.value.retry_after_s == 3
+        with pytest.raises(DeadlineExceeded):
+            await backend.create_reference(b"i", b"m", None, None, time.time() - 1)
+        assert await backend.queue_depth() == 1
+
+    run_with_backend(url, scenario, max_backlog=2, retry_after_s=3)
 
 
 def test_redis_unreachable_is_a_503() -> None:
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    reason = with_backend(url, lambda backend: backend.readiness())
-    assert reason is not None and "unreachable" in reason
-    for call in (lambda b: b.segment([b"t"], ["r"], None, None, time.time() + 5),
-                 lambda b: b.get_reference("r"), lambda b: b.list_references(0, 10)):
-        with pytest.raises(ModelUnavailable, match="unreachable"):
-            with_backend(url, call)
-    assert with_backend(url, lambda backend: backend.queue_depth()) == 0
+    async def scenario(backend: RedisBackend) -> None:
+        reason = await backend.readiness()
+        assert reason is not None and "unreachable" in reason
+        for call in (lambda: backend.segment([b"t"], ["r"], None, None, time.time() + 5),
+                     lambda: backend.get_reference("r"), lambda: backend.list_references(0, 10)):
+            with pytest.raises(ModelUnavailable, match="unreachable"):
+                await call()
+        assert await backend.queue_depth() == 0
+
+    run_with_backend(f"redis://127.0.0.1:{free_port()}/0", scenario)

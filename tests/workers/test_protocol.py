@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from redis.asyncio import Redis
 
 from core.requests import MatchRequest, ReferenceRequest, SegmentRequest
 from core.serving import JobFailed, StoredReference
 from core.types import MatchResult, SegmentationResult
-from tests.workers.helpers import Queue
+from tests.workers.helpers import Queue, run_with_redis
 from workers.codec import (
     ProtocolError,
     ReferenceCreated,
@@ -27,12 +27,10 @@ from workers.codec import (
     pack,
     unpack,
 )
-from workers.connection import connect
 from workers.jobs import Job
 from workers.keys import GROUP, Keys
 
 JOB_FAILED = JobFailed.code
-
 
 Scenario = Callable[[Queue], Awaitable[None]]
 
@@ -42,16 +40,12 @@ def run_with_queue(redis_url: str) -> Callable[[Scenario], None]:
     """Runs a scenario on a queue whose keys no other test uses, with one worker marked alive."""
 
     def run(scenario: Scenario) -> None:
-        async def main() -> None:
-            client = connect(redis_url)
-            queue = Queue(client, Keys(prefix=f"test-{uuid.uuid4().hex[:12]}"))
+        async def with_queue(client: Redis, keys: Keys) -> None:
+            queue = Queue(client, keys)
             await queue.announce("w", {"name": "w"}, 60_000)
-            try:
-                await scenario(queue)
-            finally:
-                await client.aclose()
+            await scenario(queue)
 
-        asyncio.run(main())
+        run_with_redis(redis_url, with_queue)
 
     return run
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -11,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from core.serving import StoredReference, expiry
-from workers.connection import connect
-from workers.keys import Keys
+from tests.workers.helpers import run_with_redis
 from workers.references import ReferenceStore
 
 Scenario = Callable[[ReferenceStore], Awaitable[None]]
@@ -21,14 +18,7 @@ Scenario = Callable[[ReferenceStore], Awaitable[None]]
 @pytest.fixture
 def run_with_store(redis_url: str) -> Callable[[Scenario], None]:
     def run(scenario: Scenario) -> None:
-        async def main() -> None:
-            client = connect(redis_url)
-            try:
-                await scenario(ReferenceStore(client, Keys(prefix=f"test-{uuid.uuid4().hex[:12]}")))
-            finally:
-                await client.aclose()
-
-        asyncio.run(main())
+        run_with_redis(redis_url, lambda client, keys: scenario(ReferenceStore(client, keys)))
 
     return run
 

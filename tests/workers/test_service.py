@@ -11,9 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RedisServer, free_port
+from tests.support.images import small_scene
+from tests.support.metrics import scrape
+from tests.support.net import eventually, free_port
+from tests.support.processes import Process
+from tests.support.redis_server import RedisServer
 from tests.workers.conftest import database_url
-from tests.workers.helpers import Launcher, Process, box_mask, random_image, scrape, wait_until
+from tests.workers.helpers import Launcher
 from workers.keys import GROUP
 
 MAX_QUEUE = 4  # the second API's backlog bound
@@ -60,11 +64,12 @@ def service(redis_server: RedisServer, tiny_checkpoint: Path,
 
 
 def create_reference(client: httpx.Client, seed: int = 0) -> httpx.Response:
-    return client.post("/references", files={"image": ("ref.png", random_image(seed)), "mask": ("m.png", box_mask())})
+    scene = small_scene(seed)
+    return client.post("/references", files={"image": ("ref.png", scene.png), "mask": ("m.png", scene.mask_png)})
 
 
 def segment_form(reference_id: str, seed: int = 50) -> dict[str, object]:
-    return {"files": {"target": ("t.png", random_image(seed))}, "data": {"reference_ids": reference_id}}
+    return {"files": {"target": ("t.png", small_scene(seed).png)}, "data": {"reference_ids": reference_id}}
 
 
 async def segment_concurrently(urls: list[str], reference_id: str, count: int,
@@ -137,9 +142,9 @@ def test_backlog_bound_gives_503_with_retry_after_and_deadlines_504(service: Ser
     for response in refused:
         assert response.json()["error"] == "queue_full" and response.headers["Retry-After"] == "1"
     expired = 'insid3_worker_jobs_total{outcome="expired"}'
-    wait_until(lambda: sum(scrape(port)[expired] - expired_before[name][expired]
+    eventually(lambda: sum(scrape(port)[expired] - expired_before[name][expired]
                            for name, port in service.metrics_ports.items()) == 1,
-               "the job of the timed-out request to be skipped")
+               what="the job of the timed-out request to be skipped")
 
 
 def test_redis_restart_mid_run(service: Service, redis_server: RedisServer) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -20,9 +18,12 @@ import pytest
 from core.requests import SegmentRequest
 from core.serving import JobFailed
 from core.types import SegmentationResult
-from tests.conftest import REPO_ROOT, free_port
-from tests.workers.helpers import Launcher, Queue, box_mask, random_image, scrape, wait_until
-from workers.client import QueueLimits, RedisBackend
+from insid3.cli import main as insid3
+from tests.support.images import small_scene
+from tests.support.metrics import scrape
+from tests.support.net import eventually, free_port
+from tests.workers.helpers import Launcher, Queue, run_with_backend
+from workers.client import RedisBackend
 from workers.codec import RemoteError, decode_reply, remote_exception
 from workers.connection import connect
 from workers.jobs import Job
@@ -42,16 +43,7 @@ def steady(launcher: Launcher) -> int:
 
 def with_backend(launcher: Launcher, scenario: Callable[[RedisBackend], Awaitable[T]]) -> T:
     """Run ``scenario`` with a started ``RedisBackend`` of this module's database."""
-
-    async def main() -> T:
-        backend = RedisBackend(launcher.redis_url, QueueLimits(64, 1, 86_400.0, 60.0))
-        await backend.start()
-        try:
-            return await scenario(backend)
-        finally:
-            await backend.close()
-
-    return asyncio.run(main())
+    return run_with_backend(launcher.redis_url, scenario)
 
 
 def deadline() -> float:
@@ -62,20 +54,20 @@ def delta(after: dict[str, float], before: dict[str, float], name: str) -> float
     return after.get(name, 0.0) - before.get(name, 0.0)
 
 
-def queue_cli(launcher: Launcher, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "insid3", "queue", "--redis-url", launcher.redis_url, *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60,
-    )
-    return result.stdout
+def queue_cli(launcher: Launcher, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The output of ``insid3 queue --redis-url URL ARGS`` (``insid3.cli.main`` in-process), which must succeed."""
+    capsys.readouterr()
+    assert insid3(["queue", "--redis-url", launcher.redis_url, *args]) == 0
+    return capsys.readouterr().out
 
 
 def test_concurrent_requests_share_batches_with_unbatched_results(launcher: Launcher, steady: int) -> None:
-    targets = [random_image(100 + i) for i in range(8)]
+    targets = [small_scene(100 + i).png for i in range(8)]
     scrapes: list[dict[str, float]] = []
 
     async def scenario(backend: RedisBackend) -> list[list[SegmentationResult]]:
-        info, created = await backend.create_reference(random_image(0), box_mask(), "ref", None, deadline())
+        scene = small_scene(0)
+        info, created = await backend.create_reference(scene.png, scene.mask_png, "ref", None, deadline())
         assert created
         ids = [info.reference_id]
         alone = [(await backend.segment([t], ids, None, None, deadline()))[0] for t in targets]
@@ -99,7 +91,8 @@ def test_concurrent_requests_share_batches_with_unbatched_results(launcher: Laun
     assert delta(after, before, 'insid3_worker_jobs_total{outcome="processed"}') == 16
 
 
-def test_poison_job_is_dead_lettered_after_max_attempts(launcher: Launcher, steady: int) -> None:
+def test_poison_job_is_dead_lettered_after_max_attempts(launcher: Launcher, steady: int,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     before = scrape(steady)
 
     async def scenario() -> tuple[Job, RemoteError]:
@@ -125,24 +118,24 @@ def test_poison_job_is_dead_lettered_after_max_attempts(launcher: Launcher, stea
     after = scrape(steady)
     assert delta(after, before, 'insid3_worker_jobs_total{outcome="retried"}') == 2
     assert delta(after, before, 'insid3_worker_jobs_total{outcome="dead_lettered"}') == 1
-    assert poison.job_id in queue_cli(launcher, "dead-letters")
-    stats = queue_cli(launcher, "stats")
+    assert poison.job_id in queue_cli(launcher, capsys, "dead-letters")
+    stats = queue_cli(launcher, capsys, "stats")
     assert "dead letters 1" in stats and "worker steady" in stats
-    assert "deleted 1 dead letters" in queue_cli(launcher, "dead-letters", "--purge")
+    assert "deleted 1 dead letters" in queue_cli(launcher, capsys, "dead-letters", "--purge")
 
 
 def test_kill_9_mid_batch_still_answers_every_job_exactly_once(launcher: Launcher, steady: int) -> None:
     victim = launcher.worker("victim", free_port(), "--max-batch", "4", "--max-wait-ms", "50",
                              "--visibility-timeout-s", "3")
     info, _ = with_backend(launcher, lambda backend: backend.create_reference(
-        random_image(1), box_mask(), None, None, deadline()))
+        small_scene(1).png, small_scene(1).mask_png, None, None, deadline()))
     before = scrape(steady)
 
     async def scenario() -> tuple[int, Counter[str], list[object], int]:
         client = connect(launcher.redis_url)
         queue = Queue(client)
         inbox = queue.keys.inbox("kill-test")
-        jobs = [Job.new(SegmentRequest(random_image(200 + i), [info.reference_id]), time.time() + 120, inbox)
+        jobs = [Job.new(SegmentRequest(small_scene(200 + i).png, [info.reference_id]), time.time() + 120, inbox)
                 for i in range(40)]
         assert len((await queue.enqueue(jobs, max_backlog=1000, reference_ids=[info.reference_id])).ids) == 40
 
@@ -183,9 +176,9 @@ def test_expired_jobs_are_skipped_unanswered(launcher: Launcher, steady: int) ->
         client = connect(launcher.redis_url)
         queue = Queue(client)
         inbox = queue.keys.inbox("expiry-test")
-        await queue.enqueue([Job.new(SegmentRequest(random_image(3), ["x"]), time.time() - 1, inbox)], 100)
-        wait_until(lambda: scrape(steady).get('insid3_worker_jobs_total{outcome="expired"}', 0)
-                   > before.get('insid3_worker_jobs_total{outcome="expired"}', 0), "the expired job to be skipped")
+        await queue.enqueue([Job.new(SegmentRequest(small_scene(3).png, ["x"]), time.time() - 1, inbox)], 100)
+        eventually(lambda: scrape(steady).get('insid3_worker_jobs_total{outcome="expired"}', 0)
+                   > before.get('insid3_worker_jobs_total{outcome="expired"}', 0), what="the expired job to be skipped")
         assert await client.llen(inbox) == 0
         await client.aclose()
 

@@ -1,4 +1,4 @@
-"""Request helpers shared by the API tests."""
+"""Requests of the HTTP API tests (any httpx client: in-process ``TestClient`` or a real server)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import httpx
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from tests.app.scenes import Scene
+from tests.support.images import Scene
 
 
 def create_reference(client: httpx.Client, scene: Scene, **fields: str) -> httpx.Response:
@@ -26,6 +26,12 @@ def segment(client: httpx.Client, targets: list[Scene], data: dict[str, object],
     """POST /segment with ``targets`` as the target files."""
     files = [("target", (f"t{i}.png", t.png, "image/png")) for i, t in enumerate(targets)]
     return client.post("/segment", files=files, data=data, **kwargs)
+
+
+def match(client: httpx.Client, target: Scene, data: dict[str, object], files: dict | None = None) -> httpx.Response:
+    """POST /match with ``target`` as the target file (and ``files``, e.g. an inline reference image)."""
+    files = {"target": ("t.png", target.png, "image/png"), **(files or {})}
+    return client.post("/match", files=files, data=data)
 
 
 def decode_rle(rle: dict) -> np.ndarray:

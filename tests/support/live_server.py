@@ -4,15 +4,13 @@ disconnects), with the app's internals in reach of the test."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port
+from tests.support.net import eventually, free_port
 
 
 class LiveServer:
@@ -31,7 +29,7 @@ class LiveServer:
     def start(self, ready_path: str = "/healthz", timeout_s: float = 180.0) -> LiveServer:
         """Start, then wait until ``ready_path`` answers 200."""
         self._thread.start()
-        wait_until(lambda: _answers_200(f"{self.url}{ready_path}"), timeout_s)
+        eventually(lambda: _answers_200(f"{self.url}{ready_path}"), timeout_s, f"{self.url}{ready_path}")
         return self
 
     def stop(self) -> None:
@@ -44,26 +42,6 @@ def _answers_200(url: str) -> bool:
         return httpx.get(url, timeout=5).status_code == 200
     except httpx.TransportError:
         return False
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    """Poll ``condition`` until it holds, else ``TimeoutError``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout_s} s")
-        time.sleep(0.02)
-
-
-def metric(url: str, name: str, labels: dict[str, str] | None = None) -> float:
-    """The sum of the samples named ``name`` (with these labels) on ``url``/metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and (labels or {}).items() <= sample.labels.items()
-    )
 
 
 class Gate:

@@ -1,0 +1,77 @@
+"""Test images: one encoder, and one maker of scenes with a known answer (coloured discs on clutter)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+RED = (220, 30, 30)
+BLUE = (30, 30, 220)
+
+
+def encode(image: np.ndarray | Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    """``image`` (an HxW or HxWx3 uint8 array, or a PIL image) encoded as ``fmt`` (PNG, JPEG, ...)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def decode(data: bytes, mode: str | None = None) -> np.ndarray:
+    """Encoded image bytes as an array (converted to ``mode``, e.g. "RGB", when given)."""
+    image = Image.open(io.BytesIO(data))
+    return np.asarray(image.convert(mode) if mode else image)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """An RGB image and the boolean mask of its disc(s)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def png(self) -> bytes:
+        return encode(self.image)
+
+    @property
+    def mask_png(self) -> bytes:
+        return encode((self.mask * 255).astype(np.uint8))
+
+
+def disc_scene(seed: int, height: int, width: int, discs: list[tuple[int, int, int]], colour=RED,
+               clutter: int = 12) -> Scene:
+    """Noise and ``clutter`` random rectangles, with solid discs (cy, cx, r) of ``colour`` on top."""
+    rng = np.random.default_rng(seed)
+    image = (rng.random((height, width, 3)) * 255).astype(np.uint8)
+    for _ in range(clutter):
+        y0, x0 = rng.integers(0, height - 10), rng.integers(0, width - 10)
+        image[y0:y0 + rng.integers(5, 25), x0:x0 + rng.integers(5, 25)] = rng.integers(0, 256, 3)
+    yy, xx = np.ogrid[:height, :width]
+    mask = np.zeros((height, width), dtype=bool)
+    for cy, cx, r in discs:
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+    image[mask] = colour
+    return Scene(image, mask)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks."""
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+# The scenes of the service tests (API, workers, deployment).
+REFERENCE = disc_scene(1, 160, 200, [(70, 90, 35)])
+REFERENCE_2 = disc_scene(2, 150, 150, [(80, 70, 30)])
+TARGET = disc_scene(10, 150, 180, [(60, 100, 30)])
+TARGET_2 = disc_scene(11, 140, 170, [(80, 60, 28)])
+TWO_DISCS = disc_scene(12, 160, 240, [(60, 60, 28), (90, 170, 30)])
+
+
+def small_scene(seed: int) -> Scene:
+    """A 72x88 scene with one disc: many distinct, cheap images for the worker-pool tests."""
+    return disc_scene(seed, 72, 88, [(36, 44, 14)], clutter=4)
