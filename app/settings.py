@@ -34,6 +34,7 @@ class Settings(EngineSettings):
     request_timeout_s: float = Field(default=60.0, gt=0)  # deadline of one request (504 after)
     retry_after_s: int = Field(default=1, ge=1)  # Retry-After of a 503 for a full queue
     reference_ttl_s: float = Field(default=86_400.0, ge=0)  # default lifetime; 0 = forever
+    inline_reference_ttl_s: float = Field(default=300.0, ge=0)  # lifetime of reference_image uploads; 0 = forever
     reference_dir: Path | None = None  # embedded mode: keep references on disk across restarts
     api_keys: CommaList = Field(default_factory=list)  # empty: no authentication
     cors_origins: CommaList = Field(default_factory=list)  # empty: no CORS headers

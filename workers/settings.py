@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from core.settings import EngineSettings
 
@@ -26,8 +26,21 @@ class WorkerSettings(EngineSettings):
     name: str = Field(default_factory=default_name)  # the consumer name in the group
     max_batch: int = Field(default=8, ge=1)  # jobs per encoder pass
     max_wait_ms: float = Field(default=10.0, ge=0)  # how long a batch waits to fill after its first job
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus endpoint; None: off
-    visibility_timeout_s: float = Field(default=120.0, gt=0)  # idle pending jobs are reclaimed after this
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # /metrics and /healthz; None: off
+    # a stuck (live, heartbeating) worker's jobs are reclaimed after this; keep it above the
+    # slowest batch and below the API's request timeout (60 s)
+    visibility_timeout_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)  # tries of a job before it is dead-lettered
-    heartbeat_s: float = Field(default=2.0, gt=0)  # liveness renewal period
+    heartbeat_s: float = Field(default=1.0, gt=0)  # liveness renewal period
+    # a worker whose heartbeat is this old is dead: its jobs are taken over at once
+    heartbeat_ttl_s: float = Field(default=3.0, gt=0)
+    # bytes of reference features kept in Redis (keep it below maxmemory so jobs always fit); 0: no limit
+    reference_budget_bytes: int = Field(default=2 << 30, ge=0)
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _heartbeat_outlives_period(self) -> WorkerSettings:
+        if self.heartbeat_ttl_s <= self.heartbeat_s:
+            raise ValueError(
+                f"heartbeat_ttl_s ({self.heartbeat_ttl_s:g}) must exceed heartbeat_s ({self.heartbeat_s:g})")
+        return self

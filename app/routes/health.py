@@ -12,9 +12,14 @@ from app.schemas import Readiness
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness")
-async def healthz() -> dict[str, str]:
-    """Always 200 while the process serves HTTP."""
+@router.get("/healthz", responses=error_responses(503), summary="Liveness")
+async def healthz(backend: BackendDep) -> dict[str, str] | JSONResponse:
+    """200 while the process serves HTTP and its background loops run (Redis mode: the reply
+    reader and the inbox heartbeat); 503 naming the loop that keeps failing (restart the process)."""
+    liveness = getattr(backend, "liveness", None)  # only backends with background loops have one
+    reason = liveness() if liveness is not None else None
+    if reason is not None:
+        return error_response(503, "unhealthy", reason)
     return {"status": "ok"}
 
 

@@ -41,7 +41,7 @@ def parse_points(text: str, max_points: int) -> list[tuple[float, float]]:
 @router.post(
     "/match",
     response_model=MatchResponse,
-    responses=error_responses(401, 404, 409, 413, 415, 422, 503, 504),
+    responses=error_responses(401, 404, 409, 410, 413, 415, 422, 503, 504, 507),
     summary="Match reference points to a target",
 )
 async def match(
@@ -60,7 +60,8 @@ async def match(
         raise InvalidInputError("give exactly one of reference_id or reference_image")
     keypoints = parse_points(points, settings.max_points)
     if reference_image is not None:
-        info, _ = await backend.create_reference(await reference_image.read(), None, None, None, deadline)
+        info, _ = await backend.create_reference(await reference_image.read(), None, None,
+                                                settings.inline_reference_ttl_s, deadline)
     else:
         assert reference_id is not None
         info = await backend.get_reference(reference_id)

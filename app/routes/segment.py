@@ -25,7 +25,7 @@ def _split_ids(values: list[str] | None) -> list[str]:
 
 
 async def _inline_references(
-    backend: InferenceBackend, images: list[UploadFile], masks: list[UploadFile], deadline: float
+    backend: InferenceBackend, images: list[UploadFile], masks: list[UploadFile], ttl_s: float, deadline: float
 ) -> list[str]:
     if len(images) != len(masks):
         raise InvalidInputError(
@@ -33,7 +33,7 @@ async def _inline_references(
         )
     pairs = [(await image.read(), await mask.read()) for image, mask in zip(images, masks, strict=True)]
     created = await asyncio.gather(
-        *(backend.create_reference(image, mask, None, None, deadline) for image, mask in pairs)
+        *(backend.create_reference(image, mask, None, ttl_s, deadline) for image, mask in pairs)
     )
     return [info.reference_id for info, _ in created]
 
@@ -47,7 +47,7 @@ async def _inline_references(
             "description": "JSON results; a PNG for format=png/overlay with one target and instances=false.",
             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
         },
-        **error_responses(401, 404, 409, 413, 415, 422, 503, 504),
+        **error_responses(401, 404, 409, 410, 413, 415, 422, 503, 504, 507),
     },
     summary="Segment targets like the references",
 )
@@ -76,7 +76,8 @@ async def segment(
         raise InvalidInputError(f"{len(target)} targets, over the limit of {settings.max_targets} (INSID3_MAX_TARGETS)")
     ids = _split_ids(reference_ids)
     if reference_image or reference_mask:
-        ids += await _inline_references(backend, reference_image or [], reference_mask or [], deadline)
+        ids += await _inline_references(backend, reference_image or [], reference_mask or [],
+                                        settings.inline_reference_ttl_s, deadline)
     if not ids:
         raise InvalidInputError("give reference_ids or reference_image + reference_mask pairs")
     if len(ids) > settings.max_shots:
