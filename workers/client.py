@@ -28,7 +28,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from prometheus_client import Gauge
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from core.errors import Insid3Error
 from core.requests import MatchRequest, ReferenceRequest, Request, SegmentRequest
@@ -88,10 +88,10 @@ class QueueLimits:
 def redis_refusal(exc: ResponseError) -> str:
     """A human reason for a command Redis refused."""
     message = str(exc)
-    if message.startswith("OOM"):
+    if isinstance(exc, OutOfMemoryError) or message.startswith("OOM"):
         return ("Redis is out of memory (maxmemory reached): no new work can be queued until memory is "
                 "freed or maxmemory raised")
-    if message.startswith("READONLY"):
+    if isinstance(exc, ReadOnlyError) or message.startswith("READONLY"):
         return "Redis is a read-only replica: point --redis-url at the primary"
     return f"Redis refused the command: {message}"
 
@@ -200,14 +200,14 @@ class RedisBackend:
 
     async def _route(self, reference_ids: Sequence[str]) -> str:
         """The model key whose workers must run jobs on ``reference_ids`` (or on new references)."""
+        models = await self._served_models()
+        if not models:
+            raise ModelUnavailable(f"no worker is serving the job queue at {self._where}")
         if reference_ids:
             record = await self._store.record(reference_ids[0])
             if record is None:
                 raise ReferenceNotFound(reference_ids[0])
             return model_key(record.model, record.image_size)
-        models = await self._served_models()
-        if not models:
-            raise ModelUnavailable(f"no worker is serving the job queue at {self._where}")
         wanted = (self._limits.model_size, self._limits.image_size)
         preferred = [key for key, d in models.items() if (d.get("model_size"), d.get("image_size")) == wanted]
         if preferred:
@@ -282,7 +282,8 @@ class RedisBackend:
             except TimeoutError:
                 raise DeadlineExceeded("no worker answered before the request's deadline") from None
             except asyncio.CancelledError:
-                self._cancel_jobs([job_id for job_id, future in futures.items() if not future.done()], deadline)
+                unanswered = [job_id for job_id, future in futures.items() if future.cancelled() or not future.done()]
+                self._cancel_jobs(unanswered, deadline)
                 raise
         finally:
             for job_id, future in futures.items():

@@ -19,6 +19,8 @@ from workers.client import QueueLimits, RedisBackend
 from workers.codec import RemoteError, remote_exception
 from workers.keys import DEFAULT_KEYS
 
+MODEL = "dinov3_test@64"  # the model key of the pretend worker
+
 T = TypeVar("T")
 
 
@@ -35,11 +37,18 @@ def with_backend(url: str, scenario: Callable[[RedisBackend], Awaitable[T]], max
     return asyncio.run(main())
 
 
+def pretend_worker(url: str, ttl_ms: int = 600_000) -> None:
+    """Mark a worker of ``MODEL`` alive (none runs: jobs are never answered)."""
+    client = redis.Redis.from_url(url)
+    client.set(DEFAULT_KEYS.for_model(MODEL).model_alive, '{"started_at": 0}', px=ttl_ms)
+    client.sadd(DEFAULT_KEYS.models, MODEL)
+
+
 @pytest.fixture
 def url(redis_url: str) -> str:
-    """A fresh database where a worker is marked alive (none runs: jobs are never answered)."""
+    """A fresh database where a worker is marked alive."""
     url = database_url(redis_url)
-    redis.Redis.from_url(url).set(DEFAULT_KEYS.alive, "nobody", px=600_000)
+    pretend_worker(url)
     return url
 
 
@@ -60,7 +69,7 @@ def test_readiness_needs_a_live_worker(redis_url: str) -> None:
     assert reason is not None and "no worker" in reason and "insid3 worker --redis-url" in reason
     with pytest.raises(ModelUnavailable, match="no worker"):
         with_backend(url, lambda b: b.segment([b"t"], ["r"], None, None, time.time() + 5))
-    redis.Redis.from_url(url).set(DEFAULT_KEYS.alive, "w", px=60_000)
+    pretend_worker(url, 60_000)
     assert with_backend(url, lambda backend: backend.readiness()) is None
 
 
@@ -72,7 +81,7 @@ def test_unknown_references_are_refused_before_queueing(url: str) -> None:
         with_backend(url, lambda b: b.get_reference("nope"))
     with pytest.raises(ReferenceNotFound):
         with_backend(url, lambda b: b.delete_reference("nope"))
-    assert redis.Redis.from_url(url).xlen(DEFAULT_KEYS.stream) == 0
+    assert redis.Redis.from_url(url).xlen(DEFAULT_KEYS.for_model(MODEL).stream) == 0
 
 
 def test_backlog_bound_and_deadlines(url: str) -> None:
@@ -96,3 +105,29 @@ def test_redis_unreachable_is_a_503() -> None:
         with pytest.raises(ModelUnavailable, match="unreachable"):
             with_backend(url, call)
     assert with_backend(url, lambda backend: backend.queue_depth()) == 0
+
+
+def test_redis_out_of_memory_is_a_503_with_the_reason(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    client.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(ModelUnavailable, match="out of memory"):
+            with_backend(url, lambda b: b.segment([b"t"], [], None, None, time.time() + 5))
+    finally:
+        client.config_set("maxmemory", 0)
+    assert with_backend(url, lambda backend: backend.readiness()) is None
+
+
+def test_a_cancelled_request_marks_its_queued_jobs_cancelled(url: str) -> None:
+    async def scenario(backend: RedisBackend) -> None:
+        task = asyncio.create_task(backend.segment([b"a", b"b"], [], None, None, time.time() + 30))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with_backend(url, scenario)
+    client = redis.Redis.from_url(url)
+    job_ids = [fields[b"job"].decode() for _, fields in client.xrange(DEFAULT_KEYS.for_model(MODEL).stream)]
+    assert len(job_ids) == 2
+    assert all(client.exists(DEFAULT_KEYS.cancelled(job_id)) for job_id in job_ids)
