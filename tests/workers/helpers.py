@@ -15,12 +15,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import redis
+import redis.asyncio as aioredis
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO_ROOT
 from workers.admin import Admin
 from workers.consumer import Consumer
+from workers.keys import DEFAULT_KEYS
 from workers.producer import Producer
 
 STARTUP_S = 120.0  # a guard against hangs, never a performance assertion
@@ -160,3 +162,10 @@ class Launcher:
 
 class Queue(Producer, Consumer, Admin):
     """Every role of the protocol on one client, so that one test can play producer, worker and operator."""
+
+
+async def served_queue(client: aioredis.Redis) -> Queue:
+    """The protocol on the stream of the model the live workers serve (the tiny model at IMAGE_SIZE)."""
+    models = await Producer(client).live_models()
+    [model] = [key for key in models if key.endswith(f"@{IMAGE_SIZE}")]
+    return Queue(client, DEFAULT_KEYS.for_model(model))
