@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from app.dependencies import BackendDep, SettingsDep
@@ -13,13 +13,14 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", responses=error_responses(503), summary="Liveness")
-async def healthz(backend: BackendDep) -> dict[str, str] | JSONResponse:
+async def healthz(backend: BackendDep, response: Response) -> dict[str, str]:
     """200 while the process serves HTTP and its background loops run (Redis mode: the reply
     reader and the inbox heartbeat); 503 naming the loop that keeps failing (restart the process)."""
     liveness = getattr(backend, "liveness", None)  # only backends with background loops have one
     reason = liveness() if liveness is not None else None
     if reason is not None:
-        return error_response(503, "unhealthy", reason)
+        response.status_code = 503
+        return {"error": "unhealthy", "detail": reason}
     return {"status": "ok"}
 
 
