@@ -9,8 +9,8 @@ replies may be lost); new requests get 503 with the reason until Redis is back, 
 Redis that refuses writes (out of memory, read-only replica). A request cancelled while queued
 (its client went away) marks its jobs cancelled so that no worker runs them.
 
-Routing: jobs for stored references go to the model that encoded them (``model_key`` of the
-record); new references and inline references go to the configured model (``model_size`` and
+Routing: jobs for stored references go to the stream of the workers of the model that encoded
+them (model id and image size of the record); new references and inline references go to the configured model (``model_size`` and
 ``image_size`` of ``insid3 serve``) when a worker serves it, else to the model of the most
 recently started worker.
 """
@@ -207,7 +207,9 @@ class RedisBackend:
             record = await self._store.record(reference_ids[0])
             if record is None:
                 raise ReferenceNotFound(reference_ids[0])
-            return model_key(record.model, record.image_size)
+            made_by = (record.model, record.image_size)
+            return next((key for key, d in models.items() if (d.get("model"), d.get("image_size")) == made_by),
+                        model_key(*made_by))
         wanted = (self._limits.model_size, self._limits.image_size)
         preferred = [key for key, d in models.items() if (d.get("model_size"), d.get("image_size")) == wanted]
         if preferred:

@@ -36,6 +36,10 @@ class WorkerSettings(EngineSettings):
     heartbeat_ttl_s: float = Field(default=3.0, gt=0)
     # bytes of reference features kept in Redis (keep it below maxmemory so jobs always fit); 0: no limit
     reference_budget_bytes: int = Field(default=2 << 30, ge=0)
+    # the routing key of this worker's model (its stream is insid3:jobs:<key>); default
+    # <model_id>@<image_size>. Pin it (e.g. large@1024) where a tool must name the stream (KEDA),
+    # and change it with the model or image size
+    model_key: str | None = None
     log_level: str = "info"
 
     @model_validator(mode="after")

@@ -56,7 +56,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings, engine: Insid3, client: aioredis.Redis) -> None:
         self.settings = settings
         self.engine = engine
-        self.model = model_key(engine.model_id, engine.image_size)
+        self.model = settings.model_key or model_key(engine.model_id, engine.image_size)
         self.queue = Consumer(client, DEFAULT_KEYS.for_model(self.model))
         store = ReferenceStore(client, self.queue.keys, settings.reference_budget_bytes)
         self.executor = Executor(engine, store)
