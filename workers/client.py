@@ -10,9 +10,9 @@ Redis that refuses writes (out of memory, read-only replica). A request cancelle
 (its client went away) marks its jobs cancelled so that no worker runs them.
 
 Routing: jobs for stored references go to the stream of the workers of the model that encoded
-them (model id and image size of the record); new references and inline references go to the configured model (``model_size`` and
-``image_size`` of ``insid3 serve``) when a worker serves it, else to the model of the most
-recently started worker.
+them (model id and image size of the record); new references and inline references go to the
+configured model (``model_size`` and ``image_size`` of ``insid3 serve``) when a worker serves it,
+else to the model of the most recently started worker.
 """
 
 from __future__ import annotations
