@@ -118,10 +118,11 @@ class RedisBackend:
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(supervise("reply reader", self._read_replies, 0, self._health, self._stopping, log),
-                                name="insid3-redis-replies"),
+            asyncio.create_task(supervise("reply reader", self._read_replies, 0, self._health, self._stopping, log,
+                                          max_backoff_s=1.0), name="insid3-redis-replies"),
             asyncio.create_task(supervise("inbox heartbeat", self._heartbeat, HEARTBEAT_S, self._health,
-                                          self._stopping, log), name="insid3-redis-heartbeat"),
+                                          self._stopping, log, max_backoff_s=HEARTBEAT_S),
+                                name="insid3-redis-heartbeat"),
         ]
 
     async def close(self) -> None:

@@ -41,10 +41,10 @@ class Health:
 
 
 async def supervise(name: str, step: Callable[[], Awaitable[None]], period_s: float, health: Health,
-                    stopping: asyncio.Event, log: logging.Logger) -> None:
+                    stopping: asyncio.Event, log: logging.Logger, max_backoff_s: float = 5.0) -> None:
     """Run ``step`` every ``period_s`` until ``stopping``; an error is logged and retried with
-    backoff, never ends the loop."""
-    backoff = Backoff(first_s=0.1, max_s=5.0)
+    backoff (at most ``max_backoff_s``), never ends the loop."""
+    backoff = Backoff(first_s=0.1, max_s=max_backoff_s)
     while not stopping.is_set():
         try:
             await step()

@@ -84,10 +84,11 @@ class Worker:
     async def run(self) -> None:
         """Serve until ``stop()``."""
         heartbeat = asyncio.create_task(
-            supervise("heartbeat", self._heartbeat, self.settings.heartbeat_s, self.health, self._stopping, log),
+            supervise("heartbeat", self._heartbeat, self.settings.heartbeat_s, self.health, self._stopping, log,
+                      max_backoff_s=self.settings.heartbeat_s),
             name="insid3-worker-heartbeat")
         try:
-            await supervise("job loop", self._step, 0, self.health, self._stopping, log)
+            await supervise("job loop", self._step, 0, self.health, self._stopping, log, max_backoff_s=1.0)
         finally:
             self._stopping.set()
             await heartbeat

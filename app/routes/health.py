@@ -31,4 +31,6 @@ async def readyz(backend: BackendDep, settings: SettingsDep) -> Readiness | JSON
     reason = await backend.readiness()
     if reason is not None:
         return error_response(503, "model_unavailable", reason)
-    return Readiness(ready=True, mode="redis" if settings.redis_url else "embedded")
+    served = getattr(backend, "served_models", None)  # Redis mode: which models the pool serves
+    models = sorted(await served()) if served is not None else None
+    return Readiness(ready=True, mode="redis" if settings.redis_url else "embedded", models=models)

@@ -9,6 +9,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RedisServer, free_port
+from tests.conftest import REPO_ROOT, RedisServer, free_port
 from tests.workers.conftest import database_url
 from tests.workers.helpers import IMAGE_SIZE, Launcher, box_mask, random_image, scrape, wait_until
 from workers.keys import DEFAULT_KEYS, GROUP
@@ -174,6 +176,11 @@ def test_redis_at_maxmemory_is_a_503_with_the_reason_and_heals_by_itself(pool: P
     assert pool.all_alive()
 
 
+def queue_stats(pool: Pool) -> str:
+    return subprocess.run([sys.executable, "-m", "core.cli", "queue", "--redis-url", pool.launcher.redis_url,
+                           "stats"], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
 def test_a_worker_of_another_image_size_never_causes_a_409(pool: Pool) -> None:
     port = free_port()
     odd = pool.launcher.worker("odd", port, "--image-size", str(IMAGE_SIZE + 32))
@@ -186,8 +193,8 @@ def test_a_worker_of_another_image_size_never_causes_a_409(pool: Pool) -> None:
             statuses.append(response.status_code)
         assert statuses == [200] * 36
         assert scrape(port)['insid3_worker_jobs_total{outcome="processed"}'] == 0  # it serves no job of ours
-        stats = pool.launcher.redis.smembers(DEFAULT_KEYS.models)
-        assert len(stats) == 2
+        assert len(httpx.get(f"{pool.url}/readyz").json()["models"]) == 2  # the mixed pool is visible
+        assert "mixed pool: live workers serve 2 models" in queue_stats(pool)
     finally:
         odd.stop()
     assert pool.all_alive()
