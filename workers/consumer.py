@@ -139,10 +139,12 @@ class Consumer(Broker):
         done = await self._answer(keys=[self.keys.stream, *(job.reply_to for job, _ in replies)], args=args)
         return [bool(d) for d in done]
 
-    async def skip(self, jobs: Sequence[Job]) -> None:
-        """Acknowledge jobs without answering (their caller gave up or is gone)."""
-        if jobs:
-            await self.client.xack(self.keys.stream, GROUP, *(job.entry_id for job in jobs))
+    async def skip(self, jobs: Sequence[Job]) -> int:
+        """Acknowledge jobs without answering (their caller gave up or is gone); returns how many
+        were still pending (a job taken over meanwhile by another worker is not counted twice)."""
+        if not jobs:
+            return 0
+        return int(await self.client.xack(self.keys.stream, GROUP, *(job.entry_id for job in jobs)))
 
     async def requeue(self, job: Job) -> str | None:
         """Acknowledge ``job`` and add it again with ``attempt`` + 1 (None: it had been answered)."""

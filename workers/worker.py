@@ -156,11 +156,10 @@ class Worker:
             metrics.QUEUE_WAIT.observe(max(0.0, now + self._clock_offset - job.enqueued_at))
         live = [job for job in jobs if job.deadline > now]
         abandoned = await self.queue.abandoned(live)
-        dropped = [job for job in jobs if job.deadline <= now or job.job_id in abandoned]
-        if dropped:
-            await self.queue.skip(dropped)
-            metrics.JOBS.labels(outcome="expired").inc(len(jobs) - len(live))
-            metrics.JOBS.labels(outcome="abandoned").inc(len(abandoned))
+        expired = await self.queue.skip([job for job in jobs if job.deadline <= now])
+        metrics.JOBS.labels(outcome="expired").inc(expired)
+        metrics.JOBS.labels(outcome="abandoned").inc(
+            await self.queue.skip([job for job in live if job.job_id in abandoned]))
         live = [job for job in live if job.job_id not in abandoned]
         exhausted = [job for job in live if job.tries > self.settings.max_attempts]
         runnable = [job for job in live if job.tries <= self.settings.max_attempts]
