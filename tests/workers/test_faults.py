@@ -238,3 +238,13 @@ def test_the_jobs_of_a_killed_api_are_dropped_unrun(pool: Pool) -> None:
                     - before[n].get('insid3_worker_jobs_total{outcome="processed"}', 0) for n in after)
     assert (abandoned, processed) == (BURST, 0)
     assert pool.all_alive()
+
+
+def test_inline_references_are_kept_only_briefly(pool: Pool) -> None:
+    response = httpx.post(f"{pool.url}/segment", timeout=60, files={
+        "target": ("t.png", random_image(5)), "reference_image": ("r.png", random_image(77)),
+        "reference_mask": ("m.png", box_mask())})
+    assert response.status_code == 200
+    [reference_id] = response.json()["reference_ids"]
+    ttl_s = pool.launcher.redis.pttl(DEFAULT_KEYS.reference(reference_id)) / 1000
+    assert 0 < ttl_s <= 300  # INSID3_INLINE_REFERENCE_TTL_S, not the 24 h of stored references
