@@ -129,10 +129,14 @@ def _queue_handler(action: QueueAction) -> Callable[[argparse.Namespace], int]:
 async def _stats(queue: Admin, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from workers.references import ReferenceStore
+
     streams = {model: await queue.for_model(model).stats() for model in await queue.models()}
+    reference_bytes = await ReferenceStore(queue.client, queue.keys).used_bytes()
     if args.json:
         print(json.dumps({model: asdict(stats) for model, stats in streams.items()}, indent=2))
         return 0
+    print(f"references: {reference_bytes:,} bytes of features stored (INSID3_REFERENCE_BUDGET_BYTES)")
     served = {w["model_key"] for stats in streams.values() for w in stats.workers if "model_key" in w}
     if len(served) > 1:
         print(f"mixed pool: live workers serve {len(served)} models ({', '.join(sorted(served))}); "
