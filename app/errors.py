@@ -25,13 +25,22 @@ from core.errors import (
     MissingExtraError,
     WeightsError,
 )
-from core.serving import DeadlineExceeded, ModelUnavailable, QueueFull, ReferenceNotFound
+from core.serving import (
+    CorruptReference,
+    DeadlineExceeded,
+    ModelUnavailable,
+    QueueFull,
+    ReferenceNotFound,
+    ReferenceStorageFull,
+)
 
 log = logging.getLogger("insid3.app")
 
 # Most specific first: the first class an error is an instance of gives its status.
 STATUS_BY_ERROR: tuple[tuple[type[Insid3Error], int], ...] = (
     (ReferenceNotFound, 404),
+    (CorruptReference, 410),
+    (ReferenceStorageFull, 507),
     (QueueFull, 503),
     (DeadlineExceeded, 504),
     (ModelUnavailable, 503),
@@ -58,12 +67,14 @@ class ErrorResponse(BaseModel):
 ERROR_DESCRIPTIONS = {
     401: "Missing or invalid X-API-Key (when INSID3_API_KEYS is set).",
     404: "Unknown, deleted or expired reference.",
+    410: "A stored reference whose data is corrupt; it was dropped, store it again.",
+    507: "The reference budget (INSID3_REFERENCE_BUDGET_BYTES) is full; delete references or retry later.",
     409: "Reference encoded by another model or at another image size.",
     413: "Upload over INSID3_MAX_UPLOAD_BYTES, or an image over INSID3_MAX_PIXELS (decompression bomb).",
     415: "Not an image, or a truncated image.",
     422: "Invalid parameters (a single-valued field given twice included), empty mask, or a mask whose "
          "aspect differs from its image's.",
-    503: "Model not ready (the detail says why) or queue full (with Retry-After).",
+    503: "Model not ready, Redis unreachable or out of memory (the detail says why), or queue full (with Retry-After).",
     504: "The request's deadline passed; its job was dropped.",
 }
 

@@ -13,12 +13,14 @@ log = logging.getLogger("insid3.app")
 
 
 class InlineReferences:
-    """Creates a request's inline references; used as ``async with``, the ones this request
-    newly created are deleted when the block fails (an error, a deadline, a client gone), so a
-    failed request leaves nothing behind. References that existed already are left alone."""
+    """Creates a request's inline references, kept ``ttl_s`` (INSID3_INLINE_REFERENCE_TTL_S). Used as
+    ``async with``, the ones this request newly created are deleted when the block fails (an error,
+    a deadline, a client gone), so a failed request leaves nothing behind. References that existed
+    already are left alone."""
 
-    def __init__(self, backend: InferenceBackend, deadline: float) -> None:
+    def __init__(self, backend: InferenceBackend, ttl_s: float, deadline: float) -> None:
         self._backend = backend
+        self._ttl_s = ttl_s
         self._deadline = deadline
         self._created: list[str] = []
 
@@ -42,7 +44,7 @@ class InlineReferences:
         return [outcome for outcome in outcomes if isinstance(outcome, StoredReference)]
 
     async def _create(self, image: bytes, mask: bytes | None) -> StoredReference:
-        record, created = await self._backend.create_reference(image, mask, None, None, self._deadline)
+        record, created = await self._backend.create_reference(image, mask, None, self._ttl_s, self._deadline)
         if created:
             self._created.append(record.reference_id)
         return record

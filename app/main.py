@@ -31,7 +31,7 @@ def make_backend(settings: Settings) -> InferenceBackend:
         from workers.client import QueueLimits, RedisBackend
 
         limits = QueueLimits(settings.max_queue, settings.retry_after_s, settings.reference_ttl_s,
-                             settings.request_timeout_s)
+                             settings.request_timeout_s, settings.model_size, settings.image_size)
         return RedisBackend(settings.redis_url, limits)
     from app.backends.embedded import EmbeddedBackend
 

@@ -114,3 +114,6 @@ class Readiness(BaseModel):
     ready: bool
     reason: str | None = None
     mode: Literal["embedded", "redis"]
+    models: list[str] | None = Field(
+        default=None, description="Redis mode: the models live workers serve, as model_id@image_size (several "
+                                  "during a rolling upgrade: each reads only its own jobs).")

@@ -35,6 +35,8 @@ class Settings(EngineSettings):
     request_timeout_s: float = Field(default=60.0, gt=0, description="deadline of one request (504 after)")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503 for a full queue")
     reference_ttl_s: float = Field(default=86_400.0, ge=0, description="default lifetime; 0 = forever")
+    inline_reference_ttl_s: float = Field(default=300.0, ge=0, description="lifetime of references uploaded "
+                                          "inline with /segment or /match; 0 = forever")
     reference_dir: Path | None = Field(None, description="embedded mode: keep references on disk across restarts")
     api_keys: CommaList = Field(default_factory=list, description="empty: no authentication")
     cors_origins: CommaList = Field(default_factory=list, description="empty: no CORS headers")

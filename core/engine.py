@@ -305,6 +305,11 @@ class Insid3:
         self.cache.put(reference)
         return reference
 
+    def load_reference(self, payload: bytes) -> ReferenceFeatures:
+        """Serialised reference features (``ReferenceFeatures.to_bytes``, with or without the
+        debiased map) on this engine's device; an error if another model or size made them."""
+        return self.check_reference(ReferenceFeatures.from_bytes(payload, self.basis))
+
     def check_reference(self, reference: ReferenceFeatures) -> ReferenceFeatures:
         """``reference`` on this engine's device, or an error if another model or size made it."""
         if reference.model_id != self.model_id or reference.image_size != self.image_size:

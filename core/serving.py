@@ -71,6 +71,20 @@ class ModelUnavailable(BackendError):
     code = "model_unavailable"
 
 
+class ReferenceStorageFull(BackendError):
+    """The reference budget is used up: no new reference can be stored until some expire or are
+    deleted (references already stored keep working). HTTP 507."""
+
+    code = "reference_storage_full"
+
+
+class CorruptReference(BackendError):
+    """A stored reference whose data cannot be read (corrupt or of another version); it is
+    dropped, store it again. HTTP 410."""
+
+    code = "reference_corrupt"
+
+
 class JobFailed(BackendError):
     """A job that failed unexpectedly on every try and was dead-lettered. HTTP 500."""
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from core.errors import InvalidInputError
+from core.debias import debias
+from core.errors import IncompatibleReferenceError, InvalidInputError
 
 _FEATURE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
@@ -60,16 +61,19 @@ class ReferenceFeatures:
             raise InvalidInputError(f"reference {self.key} has no mask: it can only be used for matching")
         return self.mask
 
-    def to_bytes(self, dtype: str = "fp16") -> bytes:
-        """Serialise (features in ``dtype``: fp16 halves the size, fp32 is lossless)."""
+    def to_bytes(self, dtype: str = "fp16", with_debiased: bool = True) -> bytes:
+        """Serialise (features in ``dtype``: fp16 halves the size, fp32 is lossless).
+        ``with_debiased=False`` leaves the debiased map out (half the size again): ``from_bytes``
+        then recomputes it from the raw features and the engine's positional basis."""
         meta = {
             "key": self.key, "model_id": self.model_id, "image_size": self.image_size,
             "original_size": list(self.original_size), "mask_area": self.mask_area,
         }
         arrays = {
             "features": self.features.to(_FEATURE_DTYPES[dtype]).cpu().numpy(),
-            "debiased": self.debiased.to(_FEATURE_DTYPES[dtype]).cpu().numpy(),
         }
+        if with_debiased:
+            arrays["debiased"] = self.debiased.to(_FEATURE_DTYPES[dtype]).cpu().numpy()
         if self.mask is not None:
             arrays["mask"] = self.mask.cpu().numpy()
         buffer = io.BytesIO()
@@ -77,17 +81,29 @@ class ReferenceFeatures:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, payload: bytes) -> ReferenceFeatures:
-        """Inverse of ``to_bytes``; features come back as float32."""
+    def from_bytes(cls, payload: bytes, basis: torch.Tensor | None = None) -> ReferenceFeatures:
+        """Inverse of ``to_bytes``; features come back as float32. A payload without the debiased
+        map needs the engine's positional ``basis`` (the map is recomputed on its device)."""
         with np.load(io.BytesIO(payload), allow_pickle=False) as data:
             meta = json.loads(data["meta"].tobytes().decode())
             mask = torch.from_numpy(data["mask"].copy()) if "mask" in data.files else None
+            features = torch.from_numpy(data["features"].astype(np.float32))
+            if "debiased" in data.files:
+                debiased = torch.from_numpy(data["debiased"].astype(np.float32))
+            elif basis is None:
+                raise ValueError("these reference features were stored without their debiased map: "
+                                 "give the engine's positional basis")
+            elif basis.shape[0] != features.shape[0]:
+                raise IncompatibleReferenceError(
+                    f"reference {meta['key']} has {features.shape[0]} channels ({meta['model_id']}); "
+                    f"this engine's basis has {basis.shape[0]}")
+            else:
+                features = features.to(basis.device)
+                debiased = debias(features, basis)
             return cls(
                 key=meta["key"], model_id=meta["model_id"], image_size=int(meta["image_size"]),
                 original_size=tuple(meta["original_size"]), mask_area=int(meta["mask_area"]),
-                features=torch.from_numpy(data["features"].astype(np.float32)),
-                debiased=torch.from_numpy(data["debiased"].astype(np.float32)),
-                mask=mask,
+                features=features, debiased=debiased, mask=mask,
             )
 
 

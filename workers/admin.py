@@ -26,7 +26,15 @@ class QueueStats:
 
 
 class Admin(Broker):
-    """Stats, trimming and dead letters."""
+    """Stats, trimming and dead letters of one job stream (``keys.model``'s)."""
+
+    def for_model(self, model: str) -> Admin:
+        """The same operations on ``model``'s stream."""
+        return Admin(self.client, self.keys.for_model(model))
+
+    async def models(self) -> list[str]:
+        """Every model key some worker has served (one job stream each)."""
+        return sorted(text(m) for m in await self.client.smembers(self.keys.models))
 
     async def trim(self, maxlen: int, clear_pending: bool) -> tuple[int, int]:
         """Keep the newest ``maxlen`` entries, delivered or not. With ``clear_pending``, also

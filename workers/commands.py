@@ -49,10 +49,9 @@ def run_worker(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from prometheus_client import start_http_server
-
     from core.engine import Insid3
     from workers.connection import connect
+    from workers.metrics import serve_http
     from workers.worker import Worker
 
     settings = WorkerSettings.from_args(args)
@@ -60,12 +59,12 @@ def run_worker(args: argparse.Namespace) -> int:
     engine = Insid3.build(**settings.engine_kwargs())
     gc.collect()
     gc.freeze()  # the model's many long-lived objects out of the collector's way: no 100 ms+ gen-2 pauses
+    client = connect(settings.redis_url)
+    worker = Worker(settings, engine, client)
     if settings.metrics_port is not None:
-        start_http_server(settings.metrics_port)
+        serve_http(settings.metrics_port, worker.health.reason)
 
     async def serve() -> None:
-        client = connect(settings.redis_url)
-        worker = Worker(settings, engine, client)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, worker.stop)
@@ -114,26 +113,38 @@ def _queue_handler(action: QueueAction) -> Callable[[argparse.Namespace], int]:
 async def _stats(queue: Admin, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    stats = await queue.stats()
+    from workers.references import ReferenceStore
+
+    streams = {model: await queue.for_model(model).stats() for model in await queue.models()}
+    reference_bytes = await ReferenceStore(queue.client, queue.keys).used_bytes()
     if args.json:
-        print(json.dumps(asdict(stats), indent=2))
+        print(json.dumps({model: asdict(stats) for model, stats in streams.items()}, indent=2))
         return 0
-    print(f"stream {queue.keys.stream}: {stats.length} entries, backlog {stats.backlog}, "
-          f"pending {stats.pending}, dead letters {stats.dead_letters}")
-    for consumer in stats.consumers:
-        print(f"  consumer {consumer.name}: {consumer.pending} pending, idle {consumer.idle_ms / 1000:.1f} s")
-    for worker in stats.workers:
+    print(f"references: {reference_bytes:,} bytes of features stored (INSID3_REFERENCE_BUDGET_BYTES)")
+    served = {w["model_key"] for stats in streams.values() for w in stats.workers if "model_key" in w}
+    if len(served) > 1:
+        print(f"mixed pool: live workers serve {len(served)} models ({', '.join(sorted(served))}); "
+              f"each reads only its model's stream")
+    for model, stats in streams.items():
+        print(f"stream {queue.for_model(model).keys.stream}: {stats.length} entries, backlog {stats.backlog}, "
+              f"pending {stats.pending}, dead letters {stats.dead_letters}")
+        for consumer in stats.consumers:
+            print(f"  consumer {consumer.name}: {consumer.pending} pending, idle {consumer.idle_ms / 1000:.1f} s")
+    for worker in next(iter(streams.values())).workers if streams else []:
         print(f"  worker {worker['name']} (pid {worker['pid']} on {worker['host']}): {worker['model']} at "
               f"{worker['image_size']} on {worker['device']}, {worker['batches']} batches, {worker['jobs']} jobs")
     return 0
 
 
 async def _trim(queue: Admin, args: argparse.Namespace) -> int:
-    if args.maxlen is None:
-        print(f"removed {await queue.trim_acked()} processed entries")
-        return 0
-    trimmed, cleared = await queue.trim(args.maxlen, args.clear_pending)
-    print(f"removed {trimmed} entries; acknowledged {cleared} pending entries left without data")
+    for model in await queue.models():
+        stream = queue.for_model(model)
+        if args.maxlen is None:
+            print(f"{stream.keys.stream}: removed {await stream.trim_acked()} processed entries")
+            continue
+        trimmed, cleared = await stream.trim(args.maxlen, args.clear_pending)
+        print(f"{stream.keys.stream}: removed {trimmed} entries; acknowledged {cleared} pending entries "
+              f"left without data")
     return 0
 
 

@@ -17,7 +17,7 @@ from workers.broker import Broker
 from workers.codec import ProtocolError, RemoteError, Result, encode_reply
 from workers.connection import is_nogroup, text
 from workers.jobs import Job
-from workers.keys import DEAD_MAXLEN, DEFAULT_KEYS, GROUP, INBOX_TTL_MS, STREAM_MAXLEN, Keys
+from workers.keys import DEAD_MAXLEN, DEFAULT_KEYS, GROUP, INBOX_TTL_MS, STREAM_MAXLEN, Keys, inbox_alive
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Consumer(Broker):
         self._dead_letter = client.register_script(scripts.DEAD_LETTER)
         self._requeue = client.register_script(scripts.REQUEUE)
         self._prune_consumers = client.register_script(scripts.PRUNE_CONSUMERS)
+        self._reclaim_orphans = client.register_script(scripts.RECLAIM_ORPHANS)
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Job]:
         """New jobs for ``consumer`` (XREADGROUP ... COUNT ... BLOCK), recreating a lost group.
@@ -62,8 +63,8 @@ class Consumer(Broker):
         return jobs
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> Reclaimed:
-        """XAUTOCLAIM up to ``count`` entries idle for ``min_idle_ms`` (their consumer died or hung),
-        with their delivery counts."""
+        """XAUTOCLAIM up to ``count`` entries idle for ``min_idle_ms`` (their consumer hung: the
+        backstop of ``reclaim_orphans``), with their delivery counts."""
         try:
             _, entries, deleted = await self.client.xautoclaim(
                 self.keys.stream, GROUP, consumer, min_idle_ms, "0-0", count=count)
@@ -72,8 +73,28 @@ class Consumer(Broker):
                 raise
             await self.ensure_group()
             return Reclaimed([], [], [])
+        jobs, malformed = await self._claimed(consumer, entries)
+        return Reclaimed(jobs, malformed, [text(i) for i in deleted])
+
+    async def reclaim_orphans(self, consumer: str, count: int) -> Reclaimed:
+        """Take over up to ``count`` pending entries of consumers whose worker heartbeat lapsed
+        (killed, crashed, paused or cut off), whatever their idle time."""
+        try:
+            entries = await self._reclaim_orphans(
+                keys=[self.keys.stream], args=[GROUP, consumer, self.keys.worker(""), count])
+        except ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            return Reclaimed([], [], [])
+        jobs, malformed = await self._claimed(consumer, [(e[0], _pairs(e[1])) for e in entries if e])
+        return Reclaimed(jobs, malformed, [])
+
+    async def _claimed(self, consumer: str, entries: Sequence[tuple[Any, Mapping[bytes, bytes]]]
+                       ) -> tuple[list[Job], list[str]]:
+        """Jobs of entries just claimed by ``consumer``, with their delivery counts; malformed
+        entries are acknowledged and dropped."""
         if not entries:
-            return Reclaimed([], [], [text(i) for i in deleted])
+            return [], []
         deliveries = {}
         for row in await self.client.xpending_range(
             self.keys.stream, GROUP, min=entries[0][0], max=entries[-1][0], count=len(entries) + 64,
@@ -88,7 +109,25 @@ class Consumer(Broker):
                 malformed.append(text(entry_id))
         if malformed:
             await self.client.xack(self.keys.stream, GROUP, *malformed)
-        return Reclaimed(jobs, malformed, [text(i) for i in deleted])
+        return jobs, malformed
+
+    async def abandoned(self, jobs: Sequence[Job]) -> dict[str, str]:
+        """The jobs not worth running, by job id, with why: their caller cancelled them, or the
+        API process waiting for their answer is gone."""
+        if not jobs:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for job in jobs:
+            pipe.exists(self.keys.cancelled(job.job_id))
+            pipe.exists(inbox_alive(job.reply_to))
+        found = await pipe.execute()
+        reasons = {}
+        for i, job in enumerate(jobs):
+            if found[2 * i]:
+                reasons[job.job_id] = "cancelled"
+            elif not found[2 * i + 1]:
+                reasons[job.job_id] = "api_gone"
+        return reasons
 
     async def answer(self, replies: Sequence[tuple[Job, Result]]) -> list[bool]:
         """Acknowledge and answer jobs in one round trip; False where the job had been answered."""
@@ -100,10 +139,12 @@ class Consumer(Broker):
         done = await self._answer(keys=[self.keys.stream, *(job.reply_to for job, _ in replies)], args=args)
         return [bool(d) for d in done]
 
-    async def skip(self, jobs: Sequence[Job]) -> None:
-        """Acknowledge jobs without answering (their caller gave up: deadline passed)."""
-        if jobs:
-            await self.client.xack(self.keys.stream, GROUP, *(job.entry_id for job in jobs))
+    async def skip(self, jobs: Sequence[Job]) -> int:
+        """Acknowledge jobs without answering (their caller gave up or is gone); returns how many
+        were still pending (a job taken over meanwhile by another worker is not counted twice)."""
+        if not jobs:
+            return 0
+        return int(await self.client.xack(self.keys.stream, GROUP, *(job.entry_id for job in jobs)))
 
     async def requeue(self, job: Job) -> str | None:
         """Acknowledge ``job`` and add it again with ``attempt`` + 1 (None: it had been answered)."""
@@ -126,12 +167,16 @@ class Consumer(Broker):
         return bool(done)
 
     async def announce(self, name: str, description: Mapping[str, Any], ttl_ms: int) -> float:
-        """Renew a worker's liveness for ``ttl_ms``; returns the Redis clock (Unix seconds)."""
+        """Renew a worker's liveness, and its model's, for ``ttl_ms``; returns the Redis clock
+        (Unix seconds)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.keys.worker(name), json.dumps(dict(description)), px=ttl_ms)
         pipe.set(self.keys.alive, name, px=ttl_ms)
+        if self.keys.model:
+            pipe.set(self.keys.model_alive, json.dumps(dict(description)), px=ttl_ms)
+            pipe.sadd(self.keys.models, self.keys.model)
         pipe.time()
-        _, _, (seconds, micros) = await pipe.execute()
+        *_, (seconds, micros) = await pipe.execute()
         return seconds + micros / 1e6
 
     async def retire(self, name: str) -> None:
@@ -150,3 +195,8 @@ class Consumer(Broker):
                 raise
             return []
         return [text(name) for name in pruned]
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """A flat [field, value, ...] list (a Lua script's stream entry) as a mapping."""
+    return dict(zip(flat[0::2], flat[1::2], strict=True))

@@ -8,12 +8,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from redis.exceptions import ResponseError
+
 from core.engine import Insid3
 from core.errors import Insid3Error
 from core.requests import ReferenceRequest, Request, reference_ids
-from core.serving import ReferenceNotFound, StoredReference
+from core.serving import CorruptReference, JobFailed, ModelUnavailable, ReferenceNotFound, StoredReference
 from core.types import ReferenceFeatures
-from workers.codec import ProtocolError, ReferenceCreated, Result, error_of
+from workers.codec import ProtocolError, ReferenceCreated, RemoteError, Result, error_of
 from workers.jobs import Job
 from workers.references import ReferenceStore
 
@@ -22,7 +24,8 @@ log = logging.getLogger("insid3.worker")
 
 @dataclass
 class BatchOutcome:
-    """What became of a batch: answers to send, and jobs that failed unexpectedly (to retry)."""
+    """What became of a batch: answers to send (results, and errors that a retry would repeat),
+    and jobs that failed unexpectedly (to retry)."""
 
     answers: list[tuple[Job, Result]] = field(default_factory=list)
     failures: list[tuple[Job, str]] = field(default_factory=list)
@@ -43,8 +46,9 @@ class Executor:
         for job in jobs:
             try:
                 decoded.append((job, job.request()))
-            except ProtocolError as exc:
-                outcome.failures.append((job, str(exc)))
+            except ProtocolError as exc:  # deterministic: a retry would fail the same way
+                log.error("job %s has a corrupt body: %s", job.job_id, exc)
+                outcome.answers.append((job, RemoteError(JobFailed.code, f"corrupt job: {exc}")))
         references = await self._references({r for _, request in decoded for r in reference_ids(request)})
         runnable: list[tuple[Job, Request]] = []
         for job, request in decoded:
@@ -101,13 +105,23 @@ class Executor:
                 found[reference_id] = ReferenceNotFound(reference_id)
                 continue
             try:
-                features = self.engine.check_reference(ReferenceFeatures.from_bytes(blobs[reference_id]))
+                features = await asyncio.to_thread(self.engine.load_reference, blobs[reference_id])
             except Insid3Error as exc:
                 found[reference_id] = exc
+                continue
+            except Exception as exc:  # anything from garbage bytes: the reference is corrupt, drop it
+                found[reference_id] = await self._drop_corrupt(reference_id, exc)
                 continue
             self.engine.cache.put(features)
             found[reference_id] = features
         return found
+
+    async def _drop_corrupt(self, reference_id: str, exc: Exception) -> CorruptReference:
+        """Forget a reference whose stored data does not load (every worker then agrees it is gone)."""
+        log.error("reference %s is corrupt in Redis and is dropped: %s: %s", reference_id, type(exc).__name__, exc)
+        await self.store.delete(reference_id)
+        return CorruptReference(f"reference {reference_id!r} was corrupt in storage and has been dropped; "
+                                f"store it again ({type(exc).__name__})")
 
     async def _run(self, requests: list[Request], references: dict[str, ReferenceFeatures]
                    ) -> list[object]:
@@ -120,10 +134,17 @@ class Executor:
             log.exception("run_batch failed for a batch of %d", len(requests))
             return [exc] * len(requests)
 
-    async def _store_reference(self, request: ReferenceRequest, features: ReferenceFeatures) -> ReferenceCreated:
-        """Save new reference features to Redis (fp16, with the request's lifetime)."""
+    async def _store_reference(self, request: ReferenceRequest, features: ReferenceFeatures) -> Result:
+        """Save new reference features to Redis (fp16 raw features: the debiased map is recomputed
+        on load; with the request's lifetime), or the error that prevented it."""
         record = StoredReference.of(features, request.name, request.ttl_s)
-        existing = await self.store.save(record, await asyncio.to_thread(features.to_bytes, "fp16"), request.ttl_s)
+        payload = await asyncio.to_thread(features.to_bytes, "fp16", False)
+        try:
+            existing = await self.store.save(record, payload, request.ttl_s)
+        except Insid3Error as exc:  # the reference budget is full
+            return error_of(exc)
+        except ResponseError as exc:  # Redis refuses writes: out of memory, read-only replica
+            return error_of(ModelUnavailable(f"Redis cannot store the reference: {exc}"))
         if existing is None:
             return ReferenceCreated(record, True)
         extended = await self.store.extend(record.reference_id, request.ttl_s)  # created meanwhile elsewhere

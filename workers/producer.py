@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -11,7 +13,7 @@ from workers import scripts
 from workers.broker import Broker
 from workers.connection import text
 from workers.jobs import Job
-from workers.keys import DEFAULT_KEYS, GROUP, STREAM_MAXLEN, Keys
+from workers.keys import DEFAULT_KEYS, GROUP, STREAM_MAXLEN, Keys, inbox_alive
 
 
 @dataclass(frozen=True)
@@ -31,13 +33,17 @@ class Producer(Broker):
         super().__init__(client, keys)
         self._enqueue = client.register_script(scripts.ENQUEUE)
 
-    async def enqueue(self, jobs: Sequence[Job], max_backlog: int, reference_ids: Sequence[str] = ()
-                      ) -> Enqueued:
-        """Atomically check a worker is alive, the references exist and the backlog bound, then
-        XADD every job (all or none)."""
-        keys = [self.keys.stream, self.keys.alive, *(self.keys.reference(r) for r in reference_ids)]
+    async def enqueue(self, jobs: Sequence[Job], max_backlog: int, reference_ids: Sequence[str] = (),
+                      model: str | None = None, alive_ttl_ms: int = 3000) -> Enqueued:
+        """Atomically check a worker of ``model`` (default: the keys' model) is alive, the references
+        exist and the backlog bound, then XADD every job (all or none) to ``model``'s stream; renews
+        the liveness of the jobs' inbox for ``alive_ttl_ms`` (workers drop the jobs of an API process
+        that is gone)."""
+        routed = self.keys if model is None else self.keys.for_model(model)
+        inbox = jobs[0].reply_to if jobs else ""
+        keys = [routed.stream, routed.model_alive, inbox_alive(inbox), *(self.keys.reference(r) for r in reference_ids)]
         per_job = [[k for pair in job.fields().items() for k in pair] for job in jobs]
-        args = [GROUP, max_backlog, STREAM_MAXLEN, len(jobs), len(per_job[0]) if per_job else 0]
+        args = [GROUP, max_backlog, STREAM_MAXLEN, len(jobs), len(per_job[0]) if per_job else 0, alive_ttl_ms]
         reply = await self._enqueue(keys=keys, args=args + [v for fields in per_job for v in fields])
         status = text(reply[0])
         if status == "ok":
@@ -54,9 +60,26 @@ class Producer(Broker):
         return [] if reply is None else list(reply[1])
 
     async def backlog(self) -> int:
-        """Entries not yet delivered to any worker."""
-        return (await self._group_numbers())[0]
+        """Entries not yet delivered to any worker, over every model's stream (and this one)."""
+        models = {self.keys.model} | {text(m) for m in await self.client.smembers(self.keys.models)}
+        total = 0
+        for model in models:
+            total += (await Producer(self.client, self.keys.for_model(model))._group_numbers())[0]
+        return total
 
-    async def workers_alive(self) -> bool:
-        """Whether at least one worker renewed its liveness recently."""
-        return bool(await self.client.exists(self.keys.alive))
+    async def live_models(self) -> dict[str, dict[str, Any]]:
+        """The models some live worker serves, by model key, with the description of one of them."""
+        models = sorted(text(m) for m in await self.client.smembers(self.keys.models))
+        found = await self.client.mget([self.keys.for_model(m).model_alive for m in models]) if models else []
+        return {m: json.loads(d) for m, d in zip(models, found, strict=True) if d is not None}
+
+    async def keep_alive(self, inbox: str, ttl_ms: int) -> None:
+        """Renew the liveness of this API process's ``inbox``."""
+        await self.client.set(inbox_alive(inbox), "1", px=ttl_ms)
+
+    async def cancel(self, job_ids: Sequence[str], ttl_ms: int) -> None:
+        """Mark jobs cancelled (for ``ttl_ms``: until their deadline) so that no worker runs them."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.set(self.keys.cancelled(job_id), "1", px=max(1, ttl_ms))
+        await pipe.execute()

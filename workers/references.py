@@ -1,5 +1,5 @@
-"""References in Redis: fp16 features and their ``core.serving.StoredReference`` record, with a
-lifetime, shared by every API process and worker. Keys come from ``workers.keys``."""
+"""References in Redis: fp16 raw features and their ``core.serving.StoredReference`` record, with
+a lifetime and a byte budget, shared by every API process and worker. Keys come from ``workers.keys``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
-from core.serving import ReferencePage, StoredReference, expiry
+from core.serving import ReferencePage, ReferenceStorageFull, StoredReference, expiry
 from workers import scripts
+from workers.connection import text
 from workers.keys import Keys
 
 NEVER = "+inf"
@@ -26,23 +27,36 @@ def _lifetime(now: datetime, ttl_s: float) -> tuple[datetime | None, int, str]:
 class ReferenceStore:
     """Reads and writes references in Redis (``decode_responses=False`` client)."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, budget_bytes: int = 0) -> None:
         self.client = client
         self.keys = keys
+        self.budget_bytes = budget_bytes  # 0: no budget
         self._save = client.register_script(scripts.SAVE_REFERENCE)
+        self._delete = client.register_script(scripts.DELETE_REFERENCE)
         self._extend = client.register_script(scripts.EXTEND_REFERENCE)
         self._prune = client.register_script(scripts.PRUNE_REFERENCES)
 
+    def _index_keys(self) -> list[str]:
+        return [self.keys.references, self.keys.references_expiry, self.keys.references_bytes]
+
     async def save(self, record: StoredReference, features: bytes, ttl_s: float) -> StoredReference | None:
         """Store a new reference; when one with this id exists, nothing is written and its record
-        is returned instead."""
+        is returned instead. ``ReferenceStorageFull`` when it does not fit in the budget."""
         _, ttl_ms, score = _lifetime(record.created_at, ttl_s)
-        existing = await self._save(
-            keys=[self.keys.reference(record.reference_id), self.keys.references, self.keys.references_expiry],
+        reply = await self._save(
+            keys=[*self._index_keys(), self.keys.reference(record.reference_id)],
             args=[record.reference_id, features, record.to_json(), ttl_ms,
-                  repr(record.created_at.timestamp()), score],
+                  repr(record.created_at.timestamp()), score, self.budget_bytes],
         )
-        return None if existing is None else StoredReference.from_json(existing)
+        status = text(reply[0])
+        if status == "exists":
+            return StoredReference.from_json(reply[1])
+        if status == "full":
+            raise ReferenceStorageFull(
+                f"the reference budget is full ({int(reply[1]):,} of {self.budget_bytes:,} bytes used; "
+                f"this reference needs {len(features):,}): delete references, wait for some to expire "
+                f"or raise INSID3_REFERENCE_BUDGET_BYTES")
+        return None
 
     async def extend(self, reference_id: str, ttl_s: float) -> StoredReference | None:
         """Extend an existing reference's lifetime to ``ttl_s`` from now (0: forever), never
@@ -69,16 +83,17 @@ class ReferenceStore:
 
     async def delete(self, reference_id: str) -> bool:
         """Forget a reference; False when there was none."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.keys.reference(reference_id))
-        pipe.zrem(self.keys.references, reference_id)
-        pipe.zrem(self.keys.references_expiry, reference_id)
-        deleted, _, _ = await pipe.execute()
+        deleted = await self._delete(keys=[*self._index_keys(), self.keys.reference(reference_id)],
+                                     args=[reference_id])
         return bool(deleted)
+
+    async def used_bytes(self) -> int:
+        """Bytes of reference features counted against the budget."""
+        return int(await self.client.hget(self.keys.references_bytes, "total") or 0)
 
     async def page(self, offset: int, limit: int) -> ReferencePage:
         """Live references newest first, and how many there are."""
-        await self._prune(keys=[self.keys.references, self.keys.references_expiry])
+        await self._prune(keys=self._index_keys())
         pipe = self.client.pipeline(transaction=False)
         pipe.zrevrange(self.keys.references, offset, offset + limit - 1)
         pipe.zcard(self.keys.references)
@@ -89,4 +104,3 @@ class ReferenceStore:
         records = [StoredReference.from_json(raw) for raw in (await pipe.execute() if ids else [])
                    if raw is not None]
         return ReferencePage(items=records, total=int(total), offset=offset, limit=limit)
-

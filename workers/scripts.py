@@ -3,15 +3,20 @@
 Exactly one answer per job: ``ANSWER`` XACKs the entry and pushes the reply only when the XACK
 removed it from the pending list, so a job processed twice (a reclaimed job whose first worker
 was only slow) is still answered once. Needs Redis >= 7.
+
+The scripts that write start with ``#!lua`` (Redis 7 script flags): at ``maxmemory`` Redis refuses
+them before they run (OOM), so none is ever cut in half (say an XACK without its reply).
 """
 
-# KEYS: stream, alive, reference keys...   ARGV: group, max_backlog, maxlen, n_jobs, n_fields, fields...
+# KEYS: stream, the model's liveness key, the caller's inbox liveness key, reference keys...
+# ARGV: group, max_backlog, maxlen, n_jobs, n_fields, inbox liveness ttl ms, fields...
 # -> {"ok", id...} | {"full", backlog} | {"missing", key} | {"no_worker"}
-ENQUEUE = """
+ENQUEUE = """#!lua
 if redis.call('EXISTS', KEYS[2]) == 0 then return {'no_worker'} end
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 0 then return {'missing', KEYS[i]} end
 end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[6])
 local backlog, found = 0, false
 if redis.call('EXISTS', KEYS[1]) == 1 then
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
@@ -28,7 +33,7 @@ end
 if not found then redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM') end
 local n, per = tonumber(ARGV[4]), tonumber(ARGV[5])
 if backlog + n > tonumber(ARGV[2]) then return {'full', backlog} end
-local ids, pos = {'ok'}, 6
+local ids, pos = {'ok'}, 7
 for i = 1, n do
   ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, pos, pos + per - 1))
   pos = pos + per
@@ -38,7 +43,7 @@ return ids
 
 # KEYS: stream, inbox of job 1, inbox of job 2...   ARGV: group, inbox ttl ms, id 1, reply 1, id 2, reply 2...
 # -> per job: 1 answered, 0 already answered (acknowledged before)
-ANSWER = """
+ANSWER = """#!lua
 local done = {}
 for i = 2, #KEYS do
   local id, reply = ARGV[2 * i - 1], ARGV[2 * i]
@@ -54,7 +59,7 @@ return done
 """
 
 # KEYS: stream, dead, inbox   ARGV: group, entry id, reply, inbox ttl ms, dead maxlen, fields...
-DEAD_LETTER = """
+DEAD_LETTER = """#!lua
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 6))
 redis.call('RPUSH', KEYS[3], ARGV[3])
@@ -63,7 +68,7 @@ return 1
 """
 
 # KEYS: stream   ARGV: group, entry id, maxlen, fields...   -> the new entry id, or false
-REQUEUE = """
+REQUEUE = """#!lua
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
 """
@@ -102,22 +107,58 @@ end
 return pruned
 """
 
-# KEYS: ref, by created, by expiry   ARGV: id, features, info, ttl ms (0: never), created, expires
-# -> nil when stored, else the info of the reference already there (nothing written).
-SAVE_REFERENCE = """
-local existing = redis.call('HGET', KEYS[1], 'info')
-if existing then return existing end
-redis.call('HSET', KEYS[1], 'features', ARGV[2], 'info', ARGV[3])
-if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
-return false
+# Drops the ids whose expiry time has passed (Redis clock) from the listing and the byte count.
+# KEYS: by created, by expiry, bytes (of the calling script)
+_PRUNE = """
+local now = redis.call('TIME')
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now[1] + now[2] / 1000000)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  local size = redis.call('HGET', KEYS[3], id)
+  if size then
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('HINCRBY', KEYS[3], 'total', -tonumber(size))
+  end
+end
+"""
+
+# KEYS: by created, by expiry, bytes, ref   ARGV: id, features, info, ttl ms (0: never), created,
+# expires, budget bytes (0: none)
+# -> {'ok'} when stored, {'exists', info} when a reference with this id exists (nothing written),
+# {'full', used bytes} when it does not fit in the reference budget (nothing written).
+SAVE_REFERENCE = "#!lua\n" + _PRUNE + """
+local existing = redis.call('HGET', KEYS[4], 'info')
+if existing then return {'exists', existing} end
+local size = string.len(ARGV[2])
+local used = tonumber(redis.call('HGET', KEYS[3], 'total') or '0')
+if tonumber(ARGV[7]) > 0 and used + size > tonumber(ARGV[7]) then return {'full', tostring(used)} end
+redis.call('HSET', KEYS[4], 'features', ARGV[2], 'info', ARGV[3])
+if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
+redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], size)
+redis.call('HINCRBY', KEYS[3], 'total', size)
+return {'ok'}
+"""
+
+# KEYS: by created, by expiry, bytes, ref   ARGV: id   -> 1 when the reference existed
+DELETE_REFERENCE = """
+local deleted = redis.call('DEL', KEYS[4])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+local size = redis.call('HGET', KEYS[3], ARGV[1])
+if size then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('HINCRBY', KEYS[3], 'total', -tonumber(size))
+end
+return deleted
 """
 
 # KEYS: ref, by expiry   ARGV: id, ttl ms (0: never), expires_at (ISO or ''), expiry score
 # -> the info, extended when the new lifetime ends later (a lifetime is never shortened), or nil
 # when the reference is gone.
-EXTEND_REFERENCE = """
+EXTEND_REFERENCE = """#!lua
 local raw = redis.call('HGET', KEYS[1], 'info')
 if not raw then return false end
 local remaining = redis.call('PTTL', KEYS[1])
@@ -131,13 +172,30 @@ redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 return raw
 """
 
-# KEYS: by created, by expiry   -> drops the ids whose expiry time has passed (Redis clock)
-PRUNE_REFERENCES = """
-local now = redis.call('TIME')
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now[1] + now[2] / 1000000)
-for _, id in ipairs(expired) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
+# KEYS: by created, by expiry, bytes   -> drops the ids whose expiry time has passed
+PRUNE_REFERENCES = _PRUNE + "return #expired"
+
+# KEYS: stream   ARGV: group, me, worker key prefix, count   -> the entries claimed (XCLAIM replies).
+# Takes over the pending entries of consumers whose worker heartbeat key is gone (crashed, killed,
+# paused or cut off for longer than the heartbeat TTL).
+RECLAIM_ORPHANS = """
+local claimed, want = {}, tonumber(ARGV[4])
+if redis.call('EXISTS', KEYS[1]) == 0 then return claimed end
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for j = 1, #c, 2 do info[c[j]] = c[j + 1] end
+  if info['pending'] > 0 and info['name'] ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. info['name']) == 0 then
+    local ids = {}
+    for _, row in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', want - #claimed, info['name'])) do
+      ids[#ids + 1] = row[1]
+    end
+    if #ids > 0 then
+      for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids))) do
+        claimed[#claimed + 1] = entry
+      end
+    end
+    if #claimed >= want then return claimed end
+  end
 end
-return #expired
+return claimed
 """

@@ -1,14 +1,20 @@
-"""The worker loop: read jobs from the stream in batches, run them, answer each exactly once.
+"""The worker loop: read jobs from its model's stream in batches, run them, answer each exactly once.
 
+* Routing: a worker reads only the stream of its engine (``p:jobs:<model_id>@<image_size>``), so a
+  pool mixing models or image sizes (a rolling upgrade) never runs a job on the wrong engine.
 * Batching: after the first job arrives the worker waits at most ``max_wait_ms`` for up to
   ``max_batch`` jobs, then runs them in one ``Insid3.run_batch`` call.
-* At-least-once: jobs left pending by a dead worker are reclaimed (XAUTOCLAIM) once idle for
-  ``visibility_timeout_s``; a job tried ``max_attempts`` times is dead-lettered.
-* Deadlines: expired jobs are acknowledged unrun (their API process has answered 504). Deadlines
-  are Unix times of the API host's clock: keep the hosts' clocks synchronised (NTP).
+* Liveness: the heartbeat renews ``p:worker:<name>`` every ``heartbeat_s`` with a TTL of
+  ``heartbeat_ttl_s``. Every ``heartbeat_s`` each worker takes over the pending jobs of consumers
+  whose heartbeat lapsed (killed, crashed, paused); XAUTOCLAIM after ``visibility_timeout_s`` of
+  idleness is the backstop for live but stuck workers. A job tried ``max_attempts`` times is
+  dead-lettered. A paused worker that resumes cannot answer twice: ``ANSWER`` is XACK-guarded.
+* Dropped work: jobs whose deadline passed, whose caller cancelled them, or whose API process is
+  gone are acknowledged unrun. Deadlines are Unix times of the API host's clock (keep NTP on).
+* Failures: input errors are answered at once (4xx), never retried; only unexpected errors retry.
+* Supervision: the heartbeat and the job loop restart with backoff on any error; a Redis error
+  never ends the process; a loop that keeps failing makes ``/healthz`` answer 503.
 * ``stop()`` (SIGTERM) drains: the current batch finishes and is answered, then the loop exits.
-* Redis outages: every Redis error is followed by a backoff and a retry; a lost consumer group
-  is recreated.
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ from core.engine import Insid3
 from core.types import MatchResult, SegmentationResult
 from workers import metrics
 from workers.codec import ReferenceCreated, Result
-from workers.connection import REDIS_DOWN, Backoff, is_nogroup
-from workers.consumer import Consumer
+from workers.connection import REDIS_DOWN, Backoff
+from workers.consumer import Consumer, Reclaimed
 from workers.execution import Executor
 from workers.jobs import Job
+from workers.keys import DEFAULT_KEYS, model_key
 from workers.references import ReferenceStore
 from workers.settings import WorkerSettings
+from workers.supervision import Health, supervise
 
 log = logging.getLogger("insid3.worker")
 
@@ -43,19 +51,24 @@ WINDOW_POLL_S = 0.001  # poll period while a batch fills up
 
 
 class Worker:
-    """One consumer of the job stream, running one engine."""
+    """One consumer of its model's job stream, running one engine."""
 
     def __init__(self, settings: WorkerSettings, engine: Insid3, client: aioredis.Redis) -> None:
         self.settings = settings
         self.engine = engine
-        self.queue = Consumer(client)
-        self.executor = Executor(engine, ReferenceStore(client, self.queue.keys))
+        self.model = settings.model_key or model_key(engine.model_id, engine.image_size)
+        self.queue = Consumer(client, DEFAULT_KEYS.for_model(self.model))
+        store = ReferenceStore(client, self.queue.keys, settings.reference_budget_bytes)
+        self.executor = Executor(engine, store)
         self.name = settings.name
+        self.health = Health()
         self.started_at = time.time()
         self.batches = 0
         self.jobs = 0
         self._stopping = asyncio.Event()
+        self._announced = asyncio.Event()
         self._clock_offset = 0.0  # Redis clock minus ours
+        self._next_orphans = 0.0
         self._next_reclaim = 0.0
 
     @property
@@ -70,24 +83,12 @@ class Worker:
 
     async def run(self) -> None:
         """Serve until ``stop()``."""
-        heartbeat = asyncio.create_task(self._heartbeat(), name="insid3-worker-heartbeat")
-        backoff = Backoff()
+        heartbeat = asyncio.create_task(
+            supervise("heartbeat", self._heartbeat, self.settings.heartbeat_s, self.health, self._stopping, log,
+                      max_backoff_s=self.settings.heartbeat_s),
+            name="insid3-worker-heartbeat")
         try:
-            while not self._stopping.is_set():
-                try:
-                    jobs = await self._next_batch()
-                    if jobs:
-                        await self._process(jobs)
-                    backoff.reset()
-                except REDIS_DOWN as exc:
-                    delay = backoff.next_delay()
-                    log.warning("Redis unavailable (%s); retrying in %.1f s", exc, delay)
-                    await self._sleep(delay)
-                except ResponseError as exc:
-                    if not is_nogroup(exc):
-                        raise
-                    log.warning("the consumer group vanished (Redis restarted?); recreating it")
-                    await self.queue.ensure_group()
+            await supervise("job loop", self._step, 0, self.health, self._stopping, log, max_backoff_s=1.0)
         finally:
             self._stopping.set()
             await heartbeat
@@ -95,22 +96,24 @@ class Worker:
                 await self.queue.retire(self.name)
         log.info("worker %s stopped after %d batches, %d jobs", self.name, self.batches, self.jobs)
 
+    async def _step(self) -> None:
+        """One batch: read (once announced, so that no peer takes this worker for dead), run, answer."""
+        if not self._announced.is_set():
+            await self._sleep(0.05)
+            return
+        jobs = await self._next_batch()
+        if jobs:
+            await self._process(jobs)
+
     # -------------------------------------------------------------------------- reading
 
     async def _next_batch(self) -> list[Job]:
-        """Reclaimed jobs when some are due, else new jobs gathered for at most ``max_wait_ms``."""
+        """Jobs of dead or stuck workers when there are some, else new jobs gathered for at most
+        ``max_wait_ms``."""
+        reclaimed = await self._reclaim()
+        if reclaimed:
+            return reclaimed
         batch = self.settings.max_batch
-        if time.monotonic() >= self._next_reclaim:
-            reclaimed = await self.queue.reclaim(self.name, self.visibility_ms, batch)
-            full = len(reclaimed.jobs) + len(reclaimed.malformed) == batch
-            self._next_reclaim = time.monotonic() + (0 if full else self._reclaim_interval())
-            if reclaimed.deleted:
-                log.warning("dropped %d pending entries whose data was trimmed", len(reclaimed.deleted))
-            if reclaimed.jobs:
-                metrics.JOBS.labels(outcome="reclaimed").inc(len(reclaimed.jobs))
-                log.warning("reclaimed %d jobs from stalled workers", len(reclaimed.jobs))
-                return reclaimed.jobs
-            await self.queue.prune_consumers(self.visibility_ms)
         jobs = await self.queue.read(self.name, batch, READ_BLOCK_MS)
         window_end = time.monotonic() + self.settings.max_wait_ms / 1000.0
         while jobs and len(jobs) < batch and not self._stopping.is_set():
@@ -123,8 +126,26 @@ class Worker:
             jobs += await self.queue.read(self.name, batch - len(jobs), block_ms=0)
         return jobs
 
-    def _reclaim_interval(self) -> float:
-        return min(max(self.settings.visibility_timeout_s / 2, 0.5), 30.0)
+    async def _reclaim(self) -> list[Job]:
+        """Pending jobs of workers whose heartbeat lapsed (checked every ``heartbeat_s``), else of
+        consumers idle for the visibility timeout (checked every half of it)."""
+        batch, now = self.settings.max_batch, time.monotonic()
+        found = Reclaimed([], [], [])
+        if now >= self._next_orphans:
+            found = await self.queue.reclaim_orphans(self.name, batch)
+            self._next_orphans = now + (0 if found.jobs else self.settings.heartbeat_s)
+        if not found.jobs and now >= self._next_reclaim:
+            found = await self.queue.reclaim(self.name, self.visibility_ms, batch)
+            full = len(found.jobs) + len(found.malformed) == batch
+            self._next_reclaim = now + (0 if full else min(max(self.settings.visibility_timeout_s / 2, 0.5), 30.0))
+            if not found.jobs:
+                await self.queue.prune_consumers(self.visibility_ms)
+        if found.deleted:
+            log.warning("dropped %d pending entries whose data was trimmed", len(found.deleted))
+        if found.jobs:
+            metrics.JOBS.labels(outcome="reclaimed").inc(len(found.jobs))
+            log.warning("reclaimed %d jobs from dead or stalled workers", len(found.jobs))
+        return found.jobs
 
     # -------------------------------------------------------------------------- running
 
@@ -133,16 +154,19 @@ class Worker:
         now = time.time()
         for job in jobs:
             metrics.QUEUE_WAIT.observe(max(0.0, now + self._clock_offset - job.enqueued_at))
-        expired = [job for job in jobs if job.deadline <= now]
-        exhausted = [job for job in jobs if job.deadline > now and job.tries > self.settings.max_attempts]
-        runnable = [job for job in jobs if job.deadline > now and job.tries <= self.settings.max_attempts]
-        if expired:
-            await self.queue.skip(expired)
-            metrics.JOBS.labels(outcome="expired").inc(len(expired))
+        live = [job for job in jobs if job.deadline > now]
+        abandoned = await self.queue.abandoned(live)
+        expired = await self.queue.skip([job for job in jobs if job.deadline <= now])
+        metrics.JOBS.labels(outcome="expired").inc(expired)
+        metrics.JOBS.labels(outcome="abandoned").inc(
+            await self.queue.skip([job for job in live if job.job_id in abandoned]))
+        live = [job for job in live if job.job_id not in abandoned]
+        exhausted = [job for job in live if job.tries > self.settings.max_attempts]
+        runnable = [job for job in live if job.tries <= self.settings.max_attempts]
         for job in exhausted:
             await self._dead_letter(job, "the worker running it stopped answering (crashed or hung)")
         outcome = await self.executor.execute(runnable)
-        delivered = await self.queue.answer(outcome.answers)
+        delivered = await self._answer(outcome.answers)
         for (_, result), done in zip(outcome.answers, delivered, strict=True):
             if done:
                 metrics.JOBS.labels(outcome=_outcome_of(result)).inc()
@@ -154,6 +178,23 @@ class Worker:
         metrics.LAST_BATCH.set(time.time())
         self.batches += 1
         self.jobs += len(jobs)
+
+    async def _answer(self, answers: Sequence[tuple[Job, Result]]) -> list[bool]:
+        """``Consumer.answer``, retried with backoff while Redis is unreachable or full, until the
+        last of the jobs' deadlines (the answer is XACK-guarded, so a retry never answers twice)."""
+        if not answers:
+            return []
+        last_deadline = max(job.deadline for job, _ in answers)
+        backoff = Backoff(first_s=0.05, max_s=1.0)
+        while True:
+            try:
+                return await self.queue.answer(answers)
+            except (*REDIS_DOWN, ResponseError) as exc:
+                if time.time() >= last_deadline or self._stopping.is_set():
+                    raise
+                delay = backoff.next_delay()
+                log.warning("could not answer %d jobs (%s); retrying in %.2f s", len(answers), exc, delay)
+                await asyncio.sleep(delay)
 
     async def _retry_or_dead_letter(self, job: Job, error: str) -> None:
         if job.tries >= self.settings.max_attempts:
@@ -175,20 +216,18 @@ class Worker:
         """What ``insid3 queue stats`` shows about this worker."""
         return {
             "name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
-            "model": self.engine.model_id, "image_size": self.engine.image_size,
+            "model": self.engine.model_id, "image_size": self.engine.image_size, "model_key": self.model,
+            "model_size": self.settings.model_size,
             "device": str(self.engine.device), "max_batch": self.settings.max_batch,
             "started_at": self.started_at, "batches": self.batches, "jobs": self.jobs,
         }
 
     async def _heartbeat(self) -> None:
-        ttl_ms = round(self.settings.heartbeat_s * 3000)
-        while not self._stopping.is_set():
-            try:
-                redis_now = await self.queue.announce(self.name, self.description(), ttl_ms)
-                self._clock_offset = redis_now - time.time()
-            except REDIS_DOWN as exc:
-                log.debug("heartbeat failed: %s", exc)
-            await self._sleep(self.settings.heartbeat_s)
+        ttl_ms = round(self.settings.heartbeat_ttl_s * 1000)
+        redis_now = await self.queue.announce(self.name, self.description(), ttl_ms)
+        self._clock_offset = redis_now - time.time()
+        metrics.LAST_HEARTBEAT.set(time.time())
+        self._announced.set()
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking up early on ``stop()``."""

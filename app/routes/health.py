@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from app.dependencies import BackendDep, SettingsDep
@@ -12,9 +12,15 @@ from app.schemas import Readiness
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness")
-async def healthz() -> dict[str, str]:
-    """Always 200 while the process serves HTTP."""
+@router.get("/healthz", responses=error_responses(503), summary="Liveness")
+async def healthz(backend: BackendDep, response: Response) -> dict[str, str]:
+    """200 while the process serves HTTP and its background loops run (Redis mode: the reply
+    reader and the inbox heartbeat); 503 naming the loop that keeps failing (restart the process)."""
+    liveness = getattr(backend, "liveness", None)  # only backends with background loops have one
+    reason = liveness() if liveness is not None else None
+    if reason is not None:
+        response.status_code = 503
+        return {"error": "unhealthy", "detail": reason}
     return {"status": "ok"}
 
 
@@ -25,4 +31,6 @@ async def readyz(backend: BackendDep, settings: SettingsDep) -> Readiness | JSON
     reason = await backend.readiness()
     if reason is not None:
         return error_response(503, "model_unavailable", reason)
-    return Readiness(ready=True, mode="redis" if settings.redis_url else "embedded")
+    served = getattr(backend, "served_models", None)  # Redis mode: which models the pool serves
+    models = sorted(await served()) if served is not None else None
+    return Readiness(ready=True, mode="redis" if settings.redis_url else "embedded", models=models)

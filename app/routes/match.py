@@ -51,7 +51,7 @@ def _check_inside(points: list[tuple[float, float]], width: int, height: int) ->
 @router.post(
     "/match",
     response_model=MatchResponse,
-    responses=error_responses(401, 404, 409, 413, 415, 422, 503, 504),
+    responses=error_responses(401, 404, 409, 410, 413, 415, 422, 503, 504, 507),
     summary="Match reference points to a target",
 )
 async def match(
@@ -69,7 +69,7 @@ async def match(
     if (reference_id is None) == (reference_image is None):
         raise InvalidInputError("give exactly one of reference_id or reference_image")
     keypoints = parse_points(points, settings.max_points)
-    async with InlineReferences(backend, deadline) as inline:
+    async with InlineReferences(backend, settings.inline_reference_ttl_s, deadline) as inline:
         if reference_image is not None:
             [info] = await inline.create([(await reference_image.read(), None)])
         else:

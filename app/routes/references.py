@@ -22,7 +22,7 @@ ReferenceId = Annotated[str, Path(min_length=1, max_length=128, description="The
     response_model=ReferenceInfo,
     responses={
         200: {"model": ReferenceInfo, "description": "An identical reference existed (its expiry is extended)."},
-        **error_responses(401, 413, 415, 422, 503, 504),
+        **error_responses(401, 413, 415, 422, 503, 504, 507),
     },
     summary="Encode and store a reference",
 )

@@ -70,7 +70,7 @@ async def _render(
             "description": "JSON results; a PNG for format=png/overlay with one target and instances=false.",
             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
         },
-        **error_responses(401, 404, 409, 413, 415, 422, 503, 504),
+        **error_responses(401, 404, 409, 410, 413, 415, 422, 503, 504, 507),
     },
     summary="Segment targets like the references",
 )
@@ -105,7 +105,7 @@ async def segment(
         (await image.read(), await mask.read()) for image, mask in zip(images, masks, strict=True)
     ]
     targets = [await upload.read() for upload in target]
-    async with InlineReferences(backend, deadline) as inline:
+    async with InlineReferences(backend, settings.inline_reference_ttl_s, deadline) as inline:
         ids += [record.reference_id for record in await inline.create(pairs)]
         results = await backend.segment(targets, ids, tau, merge_threshold, deadline)
         rendered = await _render(slots, deadline, target, targets, results, format, instances, settings.max_pixels)

@@ -20,7 +20,7 @@ def value(samples, name: str, **labels: str) -> float:
 
 def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"ready": True, "reason": None, "mode": "embedded"}
+    assert client.get("/readyz").json() == {"ready": True, "reason": None, "mode": "embedded", "models": None}
 
 
 def test_metrics_move_after_traffic(client):

@@ -38,6 +38,21 @@ def test_serialised_references_round_trip(engine: Insid3, scene) -> None:
     assert (half.debiased - reference.debiased).abs().max() < 1e-3
 
 
+def test_references_stored_without_the_debiased_map_give_the_same_masks(engine: Insid3, scene) -> None:
+    image, mask = scene
+    reference = engine.encode_reference(image, mask)
+    both, raw_only = reference.to_bytes("fp16"), reference.to_bytes("fp16", with_debiased=False)
+    assert len(raw_only) < 0.6 * len(both)
+    with pytest.raises(ValueError, match="basis"):
+        ReferenceFeatures.from_bytes(raw_only)
+    loaded = engine.load_reference(raw_only)
+    assert (loaded.debiased - reference.debiased).abs().max() < 2e-3
+    for shift in (0, 10, 25, 40):
+        target = np.roll(image, shift, axis=1)
+        expected = engine.segment(target, [engine.load_reference(both)]).mask
+        assert np.array_equal(engine.segment(target, [loaded]).mask, expected)
+
+
 def test_segment_batch_equals_one_by_one(tiny_checkpoint: Path, scene, tmp_path: Path) -> None:
     batched = Insid3.build(model_size="tiny", weights=tiny_checkpoint, image_size=128, device="cpu",
                            basis_cache_dir=tmp_path, encoder_batch_size=4)

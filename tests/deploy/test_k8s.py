@@ -116,7 +116,8 @@ def test_keda_scales_the_workers_on_the_job_stream():
     for trigger in scaled["triggers"]:
         metadata = trigger["metadata"]
         assert trigger["type"] == "redis-streams"
-        assert metadata["stream"] == Keys().stream and metadata["consumerGroup"] == GROUP
+        stream = Keys().for_model(settings_of("insid3-worker").model_key).stream  # the workers' model's stream
+        assert metadata["stream"] == stream and metadata["consumerGroup"] == GROUP
         assert metadata["address"] == f"{redis.hostname}.{namespace}.svc.cluster.local:{redis.port}"
         thresholds |= {key for key in ("lagCount", "pendingEntriesCount") if int(metadata.get(key, 0)) > 0}
     assert thresholds == {"lagCount", "pendingEntriesCount"}

@@ -9,16 +9,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
 import redis
 from redis.asyncio import Redis
 
+from insid3.cli import main as insid3
 from tests.support.net import eventually
 from tests.support.processes import Process, Processes, wait_ready
 from workers.admin import Admin
 from workers.client import QueueLimits, RedisBackend
 from workers.connection import connect
 from workers.consumer import Consumer
-from workers.keys import Keys
+from workers.keys import DEFAULT_KEYS, Keys
 from workers.producer import Producer
 
 IMAGE_SIZE = 64
@@ -96,3 +98,17 @@ class Launcher(Processes):
 
 class Queue(Producer, Consumer, Admin):
     """Every role of the protocol on one client, so that one test can play producer, worker and operator."""
+
+
+async def served_queue(client: Redis) -> Queue:
+    """The protocol on the stream of the model the live workers serve (the tiny model at IMAGE_SIZE)."""
+    models = await Producer(client).live_models()
+    [model] = [key for key in models if key.endswith(f"@{IMAGE_SIZE}")]
+    return Queue(client, DEFAULT_KEYS.for_model(model))
+
+
+def queue_cli(launcher: Launcher, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The output of ``insid3 queue --redis-url URL ARGS`` (``insid3.cli.main`` in-process), which must succeed."""
+    capsys.readouterr()
+    assert insid3(["queue", "--redis-url", launcher.redis_url, *args]) == 0
+    return capsys.readouterr().out

@@ -3,6 +3,7 @@ backlog bound, deadlines, Redis unreachable, and the mapping of worker errors to
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -17,12 +18,21 @@ from workers.client import RedisBackend
 from workers.codec import RemoteError, remote_exception
 from workers.keys import DEFAULT_KEYS
 
+MODEL = "dinov3_test@64"  # the model key of the pretend worker
+
+
+def pretend_worker(url: str, ttl_ms: int = 600_000) -> None:
+    """Mark a worker of ``MODEL`` alive (none runs: jobs are never answered)."""
+    client = redis.Redis.from_url(url)
+    client.set(DEFAULT_KEYS.for_model(MODEL).model_alive, '{"started_at": 0}', px=ttl_ms)
+    client.sadd(DEFAULT_KEYS.models, MODEL)
+
 
 @pytest.fixture
 def url(redis_url: str) -> str:
-    """A fresh database where a worker is marked alive (none runs: jobs are never answered)."""
+    """A fresh database where a worker is marked alive."""
     url = database_url(redis_url)
-    redis.Redis.from_url(url).set(DEFAULT_KEYS.alive, "nobody", px=600_000)
+    pretend_worker(url)
     return url
 
 
@@ -45,8 +55,10 @@ def test_readiness_needs_a_live_worker(redis_url: str) -> None:
         assert reason is not None and "no worker" in reason and "insid3 worker --redis-url" in reason
         with pytest.raises(ModelUnavailable, match="no worker"):
             await backend.segment([b"t"], ["r"], None, None, time.time() + 5)
-        redis.Redis.from_url(url).set(DEFAULT_KEYS.alive, "w", px=60_000)
-        assert await backend.readiness() is None
+        pretend_worker(url, 60_000)
+        async with asyncio.timeout(10):  # the backend caches the live models for a second
+            while await backend.readiness() is not None:
+                await asyncio.sleep(0.05)
 
     run_with_backend(url, scenario)
 
@@ -62,7 +74,7 @@ def test_unknown_references_are_refused_before_queueing(url: str) -> None:
             await backend.delete_reference("nope")
 
     run_with_backend(url, scenario)
-    assert redis.Redis.from_url(url).xlen(DEFAULT_KEYS.stream) == 0
+    assert redis.Redis.from_url(url).xlen(DEFAULT_KEYS.for_model(MODEL).stream) == 0
 
 
 def test_backlog_bound_and_deadlines(url: str) -> None:
@@ -90,3 +102,33 @@ def test_redis_unreachable_is_a_503() -> None:
         assert await backend.queue_depth() == 0
 
     run_with_backend(f"redis://127.0.0.1:{free_port()}/0", scenario)
+
+
+def test_redis_out_of_memory_is_a_503_with_the_reason(url: str) -> None:
+    client = redis.Redis.from_url(url)
+
+    async def scenario(backend: RedisBackend) -> None:
+        client.config_set("maxmemory", 1)
+        try:
+            with pytest.raises(ModelUnavailable, match="out of memory"):
+                await backend.segment([b"t"], [], None, None, time.time() + 5)
+        finally:
+            client.config_set("maxmemory", 0)
+        assert await backend.readiness() is None
+
+    run_with_backend(url, scenario)
+
+
+def test_a_cancelled_request_marks_its_queued_jobs_cancelled(url: str) -> None:
+    async def scenario(backend: RedisBackend) -> None:
+        task = asyncio.create_task(backend.segment([b"a", b"b"], [], None, None, time.time() + 30))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run_with_backend(url, scenario)
+    client = redis.Redis.from_url(url)
+    job_ids = [fields[b"job"].decode() for _, fields in client.xrange(DEFAULT_KEYS.for_model(MODEL).stream)]
+    assert len(job_ids) == 2
+    assert all(client.exists(DEFAULT_KEYS.cancelled(job_id)) for job_id in job_ids)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis
 
 from tests.support.images import small_scene
 from tests.support.metrics import scrape
@@ -18,7 +19,7 @@ from tests.support.processes import Process
 from tests.support.redis_server import RedisServer
 from tests.workers.conftest import database_url
 from tests.workers.helpers import Launcher
-from workers.keys import GROUP
+from workers.keys import DEFAULT_KEYS, GROUP
 
 MAX_QUEUE = 4  # the second API's backlog bound
 MAX_BATCH = 4
@@ -62,6 +63,12 @@ def service(redis_server: RedisServer, tiny_checkpoint: Path,
     finally:
         launcher.close()
 
+
+
+def model_stream(redis: Redis) -> str:
+    """The job stream of the model the workers serve."""
+    [model] = redis.smembers(DEFAULT_KEYS.models)
+    return DEFAULT_KEYS.for_model(model.decode()).stream
 
 def create_reference(client: httpx.Client, seed: int = 0) -> httpx.Response:
     scene = small_scene(seed)
@@ -109,7 +116,7 @@ def test_backlog_bound_gives_503_with_retry_after_and_deadlines_504(service: Ser
     with service.client(0) as api1:
         reference_id = create_reference(api1, seed=1).json()["reference_id"]
     redis = service.launcher.redis
-    stream = "insid3:jobs"
+    stream = model_stream(redis)
     expired_before = {name: scrape(port) for name, port in service.metrics_ports.items()}
     for process in service.workers.values():  # each stopped worker holds at most one blocked read
         process.send(signal.SIGSTOP)
@@ -180,10 +187,11 @@ def test_sigterm_drains_the_current_batch(service: Service) -> None:
         reference_id = create_reference(api1, seed=4).json()["reference_id"]
     redis = service.launcher.redis
     worker_a: Process = service.workers["a"]
+    stream = model_stream(redis)
 
     async def requests_during_drain() -> tuple[list[httpx.Response], int]:
         requests = asyncio.create_task(segment_concurrently([service.url(0)], reference_id, 16))
-        while not redis.xpending_range("insid3:jobs", GROUP, "-", "+", 100, consumername="a"):
+        while not redis.xpending_range(stream, GROUP, "-", "+", 100, consumername="a"):
             await asyncio.sleep(0.002)
         worker_a.send(signal.SIGTERM)
         code = await asyncio.to_thread(worker_a.popen.wait, 60)
@@ -192,6 +200,6 @@ def test_sigterm_drains_the_current_batch(service: Service) -> None:
     responses, code = asyncio.run(requests_during_drain())
     assert code == 0
     assert [r.status_code for r in responses] == [200] * 16, [r.text for r in responses]  # drained, answered
-    assert not redis.xpending_range("insid3:jobs", GROUP, "-", "+", 100, consumername="a")
-    assert "a" not in {c["name"].decode() for c in redis.xinfo_consumers("insid3:jobs", GROUP)}
+    assert not redis.xpending_range(stream, GROUP, "-", "+", 100, consumername="a")
+    assert "a" not in {c["name"].decode() for c in redis.xinfo_consumers(stream, GROUP)}
     assert service.workers["b"].stop() == 0

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -18,11 +17,10 @@ import pytest
 from core.requests import SegmentRequest
 from core.serving import JobFailed
 from core.types import SegmentationResult
-from insid3.cli import main as insid3
 from tests.support.images import small_scene
 from tests.support.metrics import scrape
 from tests.support.net import eventually, free_port
-from tests.workers.helpers import Launcher, Queue, run_with_backend
+from tests.workers.helpers import Launcher, queue_cli, run_with_backend, served_queue
 from workers.client import RedisBackend
 from workers.codec import RemoteError, decode_reply, remote_exception
 from workers.connection import connect
@@ -52,13 +50,6 @@ def deadline() -> float:
 
 def delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
     return after.get(name, 0.0) - before.get(name, 0.0)
-
-
-def queue_cli(launcher: Launcher, capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    """The output of ``insid3 queue --redis-url URL ARGS`` (``insid3.cli.main`` in-process), which must succeed."""
-    capsys.readouterr()
-    assert insid3(["queue", "--redis-url", launcher.redis_url, *args]) == 0
-    return capsys.readouterr().out
 
 
 def test_concurrent_requests_share_batches_with_unbatched_results(launcher: Launcher, steady: int) -> None:
@@ -91,34 +82,38 @@ def test_concurrent_requests_share_batches_with_unbatched_results(launcher: Laun
     assert delta(after, before, 'insid3_worker_jobs_total{outcome="processed"}') == 16
 
 
-def test_poison_job_is_dead_lettered_after_max_attempts(launcher: Launcher, steady: int,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_jobs_are_answered_at_once_and_exhausted_ones_dead_lettered(
+        launcher: Launcher, steady: int, capsys: pytest.CaptureFixture[str]) -> None:
     before = scrape(steady)
 
-    async def scenario() -> tuple[Job, RemoteError]:
+    async def scenario() -> list[RemoteError]:
         client = connect(launcher.redis_url)
-        queue = Queue(client)
+        queue = await served_queue(client)
         inbox = queue.keys.inbox("poison-test")
-        poison = Job("", uuid.uuid4().hex, "segment", deadline(), inbox, 1, b"not a frame")
-        assert (await queue.enqueue([poison], max_backlog=100)).ids
-        messages: list[bytes] = []
-        while not messages:
-            messages = await queue.pop_replies(inbox, timeout_s=5)
+        poison = Job("", "poison", "segment", deadline(), inbox, 1, b"not a frame")
+        exhausted = Job.new(SegmentRequest(small_scene(3).png, ["x"]), deadline(), inbox)
+        exhausted = Job("", "exhausted", exhausted.kind, exhausted.deadline, inbox, 4, exhausted.body)
+        assert (await queue.enqueue([poison, exhausted], max_backlog=100, alive_ttl_ms=60_000)).ids
+        replies: dict[str, RemoteError] = {}
+        for _ in range(30):
+            for message in await queue.pop_replies(inbox, timeout_s=1):
+                job_id, reply = decode_reply(message)
+                assert isinstance(reply, RemoteError)
+                replies[job_id] = reply
+            if len(replies) == 2:
+                break
         await client.aclose()
-        [message] = messages
-        job_id, reply = decode_reply(message)
-        assert job_id == poison.job_id and isinstance(reply, RemoteError)
-        return poison, reply
+        return [replies["poison"], replies["exhausted"]]
 
-    poison, reply = asyncio.run(scenario())
-    assert reply.code == JobFailed.code and reply.extra == {"attempts": 3}
-    error = remote_exception(reply)
-    assert isinstance(error, JobFailed)
-    assert "3 time(s)" in error.detail and "dead-letter" in error.detail and "not an insid3 frame" in error.detail
+    corrupt, dead = asyncio.run(scenario())
+    assert corrupt.code == JobFailed.code and "corrupt job" in corrupt.detail  # deterministic: not retried
+    assert dead.code == JobFailed.code and dead.extra == {"attempts": 4}
+    error = remote_exception(dead)
+    assert isinstance(error, JobFailed) and "dead-letter" in error.detail
     after = scrape(steady)
-    assert delta(after, before, 'insid3_worker_jobs_total{outcome="retried"}') == 2
+    assert delta(after, before, 'insid3_worker_jobs_total{outcome="retried"}') == 0
     assert delta(after, before, 'insid3_worker_jobs_total{outcome="dead_lettered"}') == 1
-    assert poison.job_id in queue_cli(launcher, capsys, "dead-letters")
+    assert "exhausted" in queue_cli(launcher, capsys, "dead-letters")
     stats = queue_cli(launcher, capsys, "stats")
     assert "dead letters 1" in stats and "worker steady" in stats
     assert "deleted 1 dead letters" in queue_cli(launcher, capsys, "dead-letters", "--purge")
@@ -133,11 +128,12 @@ def test_kill_9_mid_batch_still_answers_every_job_exactly_once(launcher: Launche
 
     async def scenario() -> tuple[int, Counter[str], list[object], int]:
         client = connect(launcher.redis_url)
-        queue = Queue(client)
+        queue = await served_queue(client)
         inbox = queue.keys.inbox("kill-test")
         jobs = [Job.new(SegmentRequest(small_scene(200 + i).png, [info.reference_id]), time.time() + 120, inbox)
                 for i in range(40)]
-        assert len((await queue.enqueue(jobs, max_backlog=1000, reference_ids=[info.reference_id])).ids) == 40
+        assert len((await queue.enqueue(jobs, max_backlog=1000, reference_ids=[info.reference_id],
+                                        alive_ttl_ms=600_000)).ids) == 40
 
         async def victim_pending() -> int:
             rows = await client.xpending_range(queue.keys.stream, GROUP, "-", "+", 100, consumername="victim")
@@ -151,12 +147,16 @@ def test_kill_9_mid_batch_still_answers_every_job_exactly_once(launcher: Launche
 
         answers: Counter[str] = Counter()
         results = []
-        while len(answers) < len(jobs):
-            for message in await queue.pop_replies(inbox, timeout_s=5):
+        for _ in range(120):  # bounded: a lost job fails the test instead of hanging it
+            if len(answers) >= len(jobs):
+                break
+            for message in await queue.pop_replies(inbox, timeout_s=1):
                 job_id, result = decode_reply(message)
                 answers[job_id] += 1
                 results.append(result)
-        while (stats := await queue.stats()).pending or stats.backlog:
+        for _ in range(200):
+            if not ((stats := await queue.stats()).pending or stats.backlog):
+                break
             await asyncio.sleep(0.05)
         late = await client.llen(inbox)  # every answer is pushed with its XACK: none can still come
         await client.aclose()
@@ -174,7 +174,7 @@ def test_expired_jobs_are_skipped_unanswered(launcher: Launcher, steady: int) ->
 
     async def scenario() -> None:
         client = connect(launcher.redis_url)
-        queue = Queue(client)
+        queue = await served_queue(client)
         inbox = queue.keys.inbox("expiry-test")
         await queue.enqueue([Job.new(SegmentRequest(small_scene(3).png, ["x"]), time.time() - 1, inbox)], 100)
         eventually(lambda: scrape(steady).get('insid3_worker_jobs_total{outcome="expired"}', 0)
