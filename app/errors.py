@@ -25,13 +25,14 @@ from core.errors import (
     MissingExtraError,
     WeightsError,
 )
-from core.serving import DeadlineExceeded, ModelUnavailable, QueueFull, ReferenceNotFound
+from core.serving import DeadlineExceeded, ModelUnavailable, QueueFull, QuotaExceeded, ReferenceNotFound
 
 log = logging.getLogger("insid3.app")
 
 # Most specific first: the first class an error is an instance of gives its status.
 STATUS_BY_ERROR: tuple[tuple[type[Insid3Error], int], ...] = (
     (ReferenceNotFound, 404),
+    (QuotaExceeded, 403),
     (QueueFull, 503),
     (DeadlineExceeded, 504),
     (ModelUnavailable, 503),
@@ -56,8 +57,10 @@ class ErrorResponse(BaseModel):
 
 
 ERROR_DESCRIPTIONS = {
-    401: "Missing or invalid X-API-Key (when INSID3_API_KEYS is set).",
-    404: "Unknown, deleted or expired reference.",
+    401: "Missing or invalid X-API-Key (when API keys are on); /metrics: not an admin key (INSID3_METRICS_AUTH).",
+    403: "Your tenant holds INSID3_REFERENCE_QUOTA references already (reference_quota_exceeded); nothing was "
+         "stored.",
+    404: "Unknown, deleted or expired reference, or another tenant's.",
     409: "Reference encoded by another model or at another image size.",
     413: "Upload over INSID3_MAX_UPLOAD_BYTES, or an image over INSID3_MAX_PIXELS (decompression bomb).",
     415: "Not an image, or a truncated image.",

@@ -76,8 +76,8 @@ class Executor:
                      ) -> Request | ReferenceCreated:
         """``request`` ready for the engine, or the answer when an identical reference exists."""
         if isinstance(request, ReferenceRequest):
-            key = await asyncio.to_thread(self.engine.reference_key, request.image, request.mask)
-            existing = await self.store.extend(key, request.ttl_s)
+            key = await asyncio.to_thread(self.engine.reference_key, request.image, request.mask, request.tenant)
+            existing = await self.store.extend(key, request.ttl_s, request.name, request.tenant)
             if existing is not None:
                 return ReferenceCreated(existing, False)
             return replace(request, key=key)
@@ -122,9 +122,10 @@ class Executor:
 
     async def _store_reference(self, request: ReferenceRequest, features: ReferenceFeatures) -> ReferenceCreated:
         """Save new reference features to Redis (fp16, with the request's lifetime)."""
-        record = StoredReference.of(features, request.name, request.ttl_s)
+        record = StoredReference.of(features, request.name, request.ttl_s, request.tenant)
         existing = await self.store.save(record, await asyncio.to_thread(features.to_bytes, "fp16"), request.ttl_s)
         if existing is None:
             return ReferenceCreated(record, True)
-        extended = await self.store.extend(record.reference_id, request.ttl_s)  # created meanwhile elsewhere
+        # created meanwhile elsewhere
+        extended = await self.store.extend(record.reference_id, request.ttl_s, request.name, request.tenant)
         return ReferenceCreated(extended or existing, False)

@@ -6,6 +6,8 @@
     p:ref:<id>         hash {features, info}: a reference (fp16 features), with a TTL
     p:refs             sorted set of reference ids by creation time (listing)
     p:refs:expiry      sorted set of reference ids by expiry time (pruning of the listing)
+    p:tenant:<t>:refs         the same two sets for the references of tenant <t> (its listing and
+    p:tenant:<t>:refs:expiry  its quota); tenant ids never hold ':' (``app.auth.TENANT_ID``)
     p:worker:<name>    a live worker's description, expires unless its heartbeat renews it
     p:alive            exists while at least one worker is alive (renewed by every heartbeat)
 """
@@ -45,6 +47,12 @@ class Keys:
     @property
     def alive(self) -> str:
         return f"{self.prefix}:alive"
+
+    def tenant_references(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:refs"
+
+    def tenant_references_expiry(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:refs:expiry"
 
     def inbox(self, client_id: str) -> str:
         return f"{self.prefix}:inbox:{client_id}"

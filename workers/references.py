@@ -1,5 +1,6 @@
 """References in Redis: fp16 features and their ``core.serving.StoredReference`` record, with a
-lifetime, shared by every API process and worker. Keys come from ``workers.keys``."""
+lifetime, shared by every API process and worker, listed per tenant (its ``owner``) and for all.
+Keys come from ``workers.keys``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
-from core.serving import ReferencePage, StoredReference, expiry
+from core.serving import ANY_TENANT, DEFAULT_TENANT, ReferencePage, StoredReference, expiry
 from workers import scripts
 from workers.keys import Keys
 
@@ -38,19 +39,28 @@ class ReferenceStore:
         is returned instead."""
         _, ttl_ms, score = _lifetime(record.created_at, ttl_s)
         existing = await self._save(
-            keys=[self.keys.reference(record.reference_id), self.keys.references, self.keys.references_expiry],
+            keys=[self.keys.reference(record.reference_id), *self._listing(ANY_TENANT),
+                  *self._listing(record.owner)],
             args=[record.reference_id, features, record.to_json(), ttl_ms,
                   repr(record.created_at.timestamp()), score],
         )
         return None if existing is None else StoredReference.from_json(existing)
 
-    async def extend(self, reference_id: str, ttl_s: float) -> StoredReference | None:
-        """Extend an existing reference's lifetime to ``ttl_s`` from now (0: forever), never
-        shortening it; None when there is no such reference."""
+    def _listing(self, tenant: str) -> tuple[str, str]:
+        """The (by created, by expiry) sorted sets listing ``tenant``'s references (all: ``ANY_TENANT``)."""
+        if tenant == ANY_TENANT:
+            return self.keys.references, self.keys.references_expiry
+        return self.keys.tenant_references(tenant), self.keys.tenant_references_expiry(tenant)
+
+    async def extend(self, reference_id: str, ttl_s: float, name: str | None = None,
+                     tenant: str = DEFAULT_TENANT) -> StoredReference | None:
+        """Extend an existing reference of ``tenant`` to ``ttl_s`` from now (0: forever), never
+        shortening it, and rename it to ``name`` when given; None when there is no such reference."""
         expires, ttl_ms, score = _lifetime(datetime.now(UTC), ttl_s)
         raw = await self._extend(
-            keys=[self.keys.reference(reference_id), self.keys.references_expiry],
-            args=[reference_id, ttl_ms, "" if expires is None else expires.isoformat(), score],
+            keys=[self.keys.reference(reference_id), self.keys.references_expiry,
+                  self._listing(tenant)[1]],
+            args=[reference_id, ttl_ms, "" if expires is None else expires.isoformat(), score, name or ""],
         )
         return None if raw is None else StoredReference.from_json(raw)
 
@@ -69,20 +79,29 @@ class ReferenceStore:
 
     async def delete(self, reference_id: str) -> bool:
         """Forget a reference; False when there was none."""
+        record = await self.record(reference_id)
+        owner = DEFAULT_TENANT if record is None else record.owner
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(self.keys.reference(reference_id))
-        pipe.zrem(self.keys.references, reference_id)
-        pipe.zrem(self.keys.references_expiry, reference_id)
-        deleted, _, _ = await pipe.execute()
+        for listing in (*self._listing(ANY_TENANT), *self._listing(owner)):
+            pipe.zrem(listing, reference_id)
+        deleted, *_ = await pipe.execute()
         return bool(deleted)
 
-    async def page(self, offset: int, limit: int) -> ReferencePage:
-        """Live references newest first, and how many there are."""
-        await self._prune(keys=[self.keys.references, self.keys.references_expiry])
+    async def count(self, tenant: str) -> int:
+        """How many live references ``tenant`` (``ANY_TENANT``: everyone) has."""
+        listing = self._listing(tenant)
+        await self._prune(keys=list(listing))
+        return int(await self.client.zcard(listing[0]))
+
+    async def page(self, offset: int, limit: int, tenant: str = ANY_TENANT) -> ReferencePage:
+        """The live references of ``tenant`` (``ANY_TENANT``: all) newest first, and how many there are."""
+        by_created, by_expiry = self._listing(tenant)
+        await self._prune(keys=[by_created, by_expiry])
         pipe = self.client.pipeline(transaction=False)
-        pipe.zrevrange(self.keys.references, offset, offset + limit - 1)
-        pipe.zcard(self.keys.references)
-        ids, total = await pipe.execute() if limit > 0 else ([], await self.client.zcard(self.keys.references))
+        pipe.zrevrange(by_created, offset, offset + limit - 1)
+        pipe.zcard(by_created)
+        ids, total = await pipe.execute() if limit > 0 else ([], await self.client.zcard(by_created))
         pipe = self.client.pipeline(transaction=False)
         for reference_id in ids:
             pipe.hget(self.keys.reference(reference_id.decode()), "info")

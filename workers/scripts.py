@@ -102,7 +102,8 @@ end
 return pruned
 """
 
-# KEYS: ref, by created, by expiry   ARGV: id, features, info, ttl ms (0: never), created, expires
+# KEYS: ref, by created, by expiry, tenant's by created, tenant's by expiry
+# ARGV: id, features, info, ttl ms (0: never), created, expires
 # -> nil when stored, else the info of the reference already there (nothing written).
 SAVE_REFERENCE = """
 local existing = redis.call('HGET', KEYS[1], 'info')
@@ -111,23 +112,34 @@ redis.call('HSET', KEYS[1], 'features', ARGV[2], 'info', ARGV[3])
 if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 return false
 """
 
-# KEYS: ref, by expiry   ARGV: id, ttl ms (0: never), expires_at (ISO or ''), expiry score
-# -> the info, extended when the new lifetime ends later (a lifetime is never shortened), or nil
-# when the reference is gone.
+# KEYS: ref, by expiry, tenant's by expiry   ARGV: id, ttl ms (0: never), expires_at (ISO or ''),
+# expiry score, name ('' : keep)
+# -> the info, extended when the new lifetime ends later (a lifetime is never shortened) and
+# renamed when a name is given, or nil when the reference is gone.
 EXTEND_REFERENCE = """
 local raw = redis.call('HGET', KEYS[1], 'info')
 if not raw then return false end
-local remaining = redis.call('PTTL', KEYS[1])
-if remaining == -1 or (tonumber(ARGV[2]) > 0 and tonumber(ARGV[2]) <= remaining) then return raw end
 local info = cjson.decode(raw)
-if ARGV[3] == '' then info['expires_at'] = cjson.null else info['expires_at'] = ARGV[3] end
+local changed = ARGV[5] ~= '' and info['name'] ~= ARGV[5]
+if changed then info['name'] = ARGV[5] end
+local remaining = redis.call('PTTL', KEYS[1])
+local longer = remaining ~= -1 and (tonumber(ARGV[2]) == 0 or tonumber(ARGV[2]) > remaining)
+if longer then
+  if ARGV[3] == '' then info['expires_at'] = cjson.null else info['expires_at'] = ARGV[3] end
+end
+if not changed and not longer then return raw end
 raw = cjson.encode(info)
 redis.call('HSET', KEYS[1], 'info', raw)
-if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) else redis.call('PERSIST', KEYS[1]) end
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+if longer then
+  if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) else redis.call('PERSIST', KEYS[1]) end
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+end
 return raw
 """
 

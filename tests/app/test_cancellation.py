@@ -40,13 +40,14 @@ class FakeBackend:
     async def readiness(self) -> str | None:
         return None
 
-    async def get_reference(self, reference_id: str) -> StoredReference:
+    async def get_reference(self, reference_id: str, *, tenant: str) -> StoredReference:
         return RECORD
 
     async def queue_depth(self) -> int:
         return 0
 
-    async def segment(self, targets, reference_ids, tau, merge_threshold, deadline) -> list[SegmentationResult]:
+    async def segment(self, targets, reference_ids, tau, merge_threshold, deadline, *,
+                      tenant: str) -> list[SegmentationResult]:
         if self.hold:
             try:
                 await asyncio.sleep(3600)
