@@ -174,6 +174,8 @@ class AuthMiddleware:
     def _public(self, path: str) -> bool:
         if path in PUBLIC_PATHS or path.startswith("/static/"):
             return True
+        if path == "/metrics":
+            return self.settings.metrics_auth == "public"
         return path in DOCS_PATHS and self.settings.docs == "public"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
