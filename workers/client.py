@@ -23,6 +23,7 @@ from prometheus_client import Gauge
 from core.errors import Insid3Error
 from core.requests import MatchRequest, ReferenceRequest, Request, SegmentRequest
 from core.serving import (
+    ANY_TENANT,
     DEFAULT_TENANT,
     DeadlineExceeded,
     ModelUnavailable,
@@ -155,8 +156,7 @@ class RedisBackend:
         self, targets: list[bytes], reference_ids: list[str], tau: float | None,
         merge_threshold: float | None, deadline: float, *, tenant: str = DEFAULT_TENANT,
     ) -> list[SegmentationResult]:
-        for reference_id in dict.fromkeys(reference_ids):
-            await self.get_reference(reference_id, tenant=tenant)
+        await self._check_visible(tenant, reference_ids)
         requests: list[Request] = [SegmentRequest(t, reference_ids, tau, merge_threshold) for t in targets]
         results = await self._submit(requests, deadline, reference_ids)
         return [_result(result, SegmentationResult) for result in results]
@@ -165,7 +165,7 @@ class RedisBackend:
         self, target: bytes, reference_id: str, points: list[tuple[float, float]], debiased: bool,
         deadline: float, *, tenant: str = DEFAULT_TENANT,
     ) -> MatchResult:
-        await self.get_reference(reference_id, tenant=tenant)
+        await self._check_visible(tenant, [reference_id])
         [result] = await self._submit([MatchRequest(target, reference_id, points, debiased)], deadline,
                                       [reference_id])
         return _result(result, MatchResult)
@@ -180,6 +180,17 @@ class RedisBackend:
         return depth
 
     # ---------------------------------------------------------------------------- plumbing
+
+    async def _check_visible(self, tenant: str, reference_ids: Sequence[str]) -> None:
+        """``ReferenceNotFound`` for a reference of another tenant; missing ones are left to the
+        enqueueing script (which reports them atomically, after a missing worker)."""
+        if tenant == ANY_TENANT:
+            return
+        for reference_id in dict.fromkeys(reference_ids):
+            with self._redis_errors():
+                record = await self._store.record(reference_id)
+            if record is not None and not record.visible_to(tenant):
+                raise ReferenceNotFound(reference_id)
 
     @contextlib.contextmanager
     def _redis_errors(self) -> Iterator[None]:
