@@ -66,8 +66,9 @@ def test_api_keys_are_required_on_model_endpoints(guarded):
     assert_error(guarded.get("/references", headers={"X-API-Key": "wrong"}), 401, "unauthorized")
     assert_error(segment(guarded, [TARGET], {"reference_ids": "x"}), 401, "unauthorized")
     assert guarded.get("/references", headers={"X-API-Key": KEYS[1]}).status_code == 200
-    for public in ("/healthz", "/readyz", "/metrics", "/", "/openapi.json"):
+    for public in ("/healthz", "/readyz", "/", "/openapi.json"):
         assert guarded.get(public).status_code == 200, public
+    assert_error(guarded.get("/metrics"), 401, "unauthorized")  # INSID3_METRICS_AUTH=admin by default
 
 
 def test_full_queue_is_503_with_retry_after(guarded):
