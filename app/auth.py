@@ -16,13 +16,12 @@ import hashlib
 import hmac
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -60,6 +59,7 @@ ANONYMOUS = Principal(DEFAULT_TENANT)
 
 
 def digest(key: bytes) -> bytes:
+    """What is kept of a key."""
     return hashlib.sha256(key).digest()
 
 
@@ -101,7 +101,6 @@ class KeyRing:
     def __init__(self, keys: list[str], path: Path | None) -> None:
         self._fixed = parse_setting(keys)
         self._path = path
-        self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._checked = time.monotonic()
         self._from_file: list[tuple[bytes, Principal]] = []
@@ -131,8 +130,7 @@ class KeyRing:
         except ConfigurationError as exc:
             log.error("kept the previous API keys: %s", exc.detail)
             return
-        with self._lock:
-            self._from_file, self._stamp = entries, stamp
+        self._from_file, self._stamp = entries, stamp
         log.info("API keys reloaded from %s: %d keys", self._path, len(entries))
 
     def _reload_if_changed(self) -> None:
@@ -203,8 +201,11 @@ async def _unauthorized(send: Send, detail: str) -> None:
 
 
 def current_principal(request: Request) -> Principal:
-    """The caller, as resolved by ``AuthMiddleware``."""
-    return request.scope.get(PRINCIPAL_SCOPE_KEY, ANONYMOUS)
+    """The caller, as resolved by ``AuthMiddleware`` (401 if it resolved none: never the default tenant)."""
+    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if not isinstance(principal, Principal):
+        raise HTTPException(401, "a valid X-API-Key header is required", headers={"WWW-Authenticate": "X-API-Key"})
+    return principal
 
 
 TenantDep = Annotated[Principal, Depends(current_principal)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -205,3 +206,26 @@ def test_cors_rejections_are_json_and_headers_are_exposed(keyed: str) -> None:
     answered = httpx.get(f"{keyed}/references", headers={"Origin": ORIGIN})
     exposed = {h.strip().lower() for h in answered.headers["access-control-expose-headers"].split(",")}
     assert {"x-insid3-area", "x-insid3-bbox", "x-insid3-score", "retry-after"} <= exposed
+
+
+def test_sighup_reloads_the_key_file(start_server, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("acme acme-key-1\n")
+    server = start_server(["--model-size", "small", "--device", "cpu"], {"INSID3_API_KEYS_FILE": str(keys)},
+                          ready=False)
+    stamp = keys.stat()
+    keys.write_text("acme acme-key-2\n")  # same size, and the same modification time as before:
+    os.utime(keys, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # only the signal can tell
+    time.sleep(1.2)
+
+    def status(key: str) -> int:
+        return httpx.get(f"{server.url}/references", headers={"X-API-Key": key}).status_code
+
+    assert status("acme-key-1") == 503 and status("acme-key-2") == 401  # 503: no weights, but a valid key
+    assert server.process is not None
+    server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while status("acme-key-2") != 503:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    assert status("acme-key-1") == 401
