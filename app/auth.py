@@ -7,7 +7,8 @@ once a second) and on SIGHUP, and a file that fails to parse keeps the previous 
 
 ``AuthMiddleware`` resolves the caller from the request headers, before any of the body is read:
 a protected path without a valid ``X-API-Key`` is answered 401 at once. The routes get the caller
-(``Principal``) through ``TenantDep``. With no keys configured everyone is the default tenant.
+(``Principal``) through ``TenantDep``. With no keys configured everyone is the default tenant,
+which then sees every reference (``UNGUARDED``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class Principal:
         return ANY_TENANT if self.admin else self.tenant
 
 
-ANONYMOUS = Principal(DEFAULT_TENANT)
+# Keys off: one caller, the default tenant, that sees every reference (as before tenants existed,
+# references stored then included).
+UNGUARDED = Principal(DEFAULT_TENANT, admin=True)
 
 
 def digest(key: bytes) -> bytes:
@@ -148,7 +151,7 @@ class KeyRing:
     def principal(self, key: bytes | None) -> Principal | None:
         """Who ``key`` (the raw header value) belongs to, or None. Every digest is compared."""
         if not self.enabled:
-            return ANONYMOUS
+            return UNGUARDED
         if not key:
             return None
         self._reload_if_changed()
@@ -178,7 +181,7 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keyring.enabled:
-            scope[PRINCIPAL_SCOPE_KEY] = ANONYMOUS
+            scope[PRINCIPAL_SCOPE_KEY] = UNGUARDED
             await self.app(scope, receive, send)
             return
         path = scope["path"]
