@@ -229,3 +229,14 @@ def test_sighup_reloads_the_key_file(start_server, tmp_path: Path) -> None:
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.1)
     assert status("acme-key-1") == 401
+
+
+def test_a_key_is_only_read_from_its_header(keyed: str) -> None:
+    for response in (
+        httpx.get(f"{keyed}/references", params={"api_key": KEY, "X-API-Key": KEY}),
+        httpx.get(f"{keyed}/references", headers={"Authorization": f"Bearer {KEY}"}),
+        httpx.post(f"{keyed}/references", data={"X-API-Key": KEY, "api_key": KEY}),
+        httpx.get(f"{keyed}/references", cookies={"X-API-Key": KEY}),
+    ):
+        assert_error(response, 401, "unauthorized")
+    assert httpx.get(f"{keyed}/nowhere", headers={"x-api-key": KEY}).status_code == 404  # past the check

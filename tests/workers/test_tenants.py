@@ -8,11 +8,13 @@ import time
 import httpx
 import pytest
 
+from core.requests import DEFAULT_TENANT, ReferenceRequest
 from tests.app.helpers import assert_error, create_reference
 from tests.app.scenes import REFERENCE, REFERENCE_2, scene
 from tests.app.tenancy import clients, cross_tenant_scenario, write_key_file
 from tests.conftest import free_port
 from tests.workers.helpers import Launcher
+from workers.codec import decode_request, encode_request, pack
 
 QUOTA = 2
 
@@ -61,3 +63,10 @@ def test_quota_is_a_clear_403(api: str) -> None:
         for ref_id in created:
             assert beta.delete(f"/references/{ref_id}").status_code == 204
     assert httpx.get(f"{api}/references").status_code == 401
+
+
+def test_a_reference_job_carries_its_tenant() -> None:
+    request = ReferenceRequest(b"image", b"mask", "name", 60.0, tenant="alpha")
+    assert decode_request("reference", encode_request(request)) == request
+    legacy = pack({"name": None, "ttl_s": 0.0}, [b"image"])  # queued by an API without tenants
+    assert decode_request("reference", legacy).tenant == DEFAULT_TENANT
