@@ -1,26 +1,22 @@
-"""Dependencies injected into the routes: settings, the backend, authentication, deadlines,
-repeated fields, rendering slots."""
+"""Dependencies injected into the routes: settings, the backend, deadlines, repeated fields,
+rendering slots (the caller's tenant: ``app.auth.TenantDep``)."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 import types
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from fastapi import Depends, Header, HTTPException, Request, Security
+from fastapi import Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from fastapi.security import APIKeyHeader
 
 from app.settings import Settings
 from core.serving import DeadlineExceeded, InferenceBackend
 
 T = TypeVar("T")
-
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when INSID3_API_KEYS is set.")
 
 
 def get_settings(request: Request) -> Settings:
@@ -35,14 +31,6 @@ def get_backend(request: Request) -> InferenceBackend:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 BackendDep = Annotated[InferenceBackend, Depends(get_backend)]
-
-
-def require_api_key(settings: SettingsDep, api_key: Annotated[str | None, Security(_api_key_header)]) -> None:
-    """401 unless API keys are off or the X-API-Key header holds one of them."""
-    if not settings.api_keys:
-        return
-    if api_key is None or not any(hmac.compare_digest(api_key, key) for key in settings.api_keys):
-        raise HTTPException(401, "a valid X-API-Key header is required", headers={"WWW-Authenticate": "X-API-Key"})
 
 
 def request_deadline(

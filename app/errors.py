@@ -30,6 +30,7 @@ from core.serving import (
     DeadlineExceeded,
     ModelUnavailable,
     QueueFull,
+    QuotaExceeded,
     ReferenceNotFound,
     ReferenceStorageFull,
 )
@@ -41,6 +42,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Insid3Error], int], ...] = (
     (ReferenceNotFound, 404),
     (CorruptReference, 410),
     (ReferenceStorageFull, 507),
+    (QuotaExceeded, 403),
     (QueueFull, 503),
     (DeadlineExceeded, 504),
     (ModelUnavailable, 503),
@@ -65,8 +67,10 @@ class ErrorResponse(BaseModel):
 
 
 ERROR_DESCRIPTIONS = {
-    401: "Missing or invalid X-API-Key (when INSID3_API_KEYS is set).",
-    404: "Unknown, deleted or expired reference.",
+    401: "Missing or invalid X-API-Key (when API keys are on); /metrics: not an admin key (INSID3_METRICS_AUTH).",
+    403: "Your tenant holds INSID3_REFERENCE_QUOTA references already (reference_quota_exceeded); nothing was "
+         "stored.",
+    404: "Unknown, deleted or expired reference, or another tenant's.",
     410: "A stored reference whose data is corrupt; it was dropped, store it again.",
     507: "The reference budget (INSID3_REFERENCE_BUDGET_BYTES) is full; delete references or retry later.",
     409: "Reference encoded by another model or at another image size.",

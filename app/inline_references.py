@@ -7,6 +7,7 @@ import contextlib
 import logging
 from types import TracebackType
 
+from app.auth import Principal
 from core.serving import InferenceBackend, StoredReference
 
 log = logging.getLogger("insid3.app")
@@ -18,8 +19,9 @@ class InlineReferences:
     a deadline, a client gone), so a failed request leaves nothing behind. References that existed
     already are left alone."""
 
-    def __init__(self, backend: InferenceBackend, ttl_s: float, deadline: float) -> None:
+    def __init__(self, backend: InferenceBackend, caller: Principal, ttl_s: float, deadline: float) -> None:
         self._backend = backend
+        self._caller = caller
         self._ttl_s = ttl_s
         self._deadline = deadline
         self._created: list[str] = []
@@ -44,7 +46,8 @@ class InlineReferences:
         return [outcome for outcome in outcomes if isinstance(outcome, StoredReference)]
 
     async def _create(self, image: bytes, mask: bytes | None) -> StoredReference:
-        record, created = await self._backend.create_reference(image, mask, None, self._ttl_s, self._deadline)
+        record, created = await self._backend.create_reference(image, mask, None, self._ttl_s, self._deadline,
+                                                              tenant=self._caller.tenant)
         if created:
             self._created.append(record.reference_id)
         return record
@@ -52,6 +55,6 @@ class InlineReferences:
     async def _forget(self, reference_ids: list[str]) -> None:
         for reference_id in reference_ids:
             try:
-                await self._backend.delete_reference(reference_id)
+                await self._backend.delete_reference(reference_id, tenant=self._caller.tenant)
             except Exception as exc:  # already gone (expired, deleted by someone) or the store is down
                 log.warning("could not delete inline reference %s of a failed request: %s", reference_id, exc)

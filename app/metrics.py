@@ -11,13 +11,15 @@ import time
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.auth import tenant_label
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 HTTP_REQUESTS = Counter(
-    "insid3_http_requests", "HTTP requests answered.", ["route", "method", "status"]
+    "insid3_http_requests", "HTTP requests answered.", ["route", "method", "status", "tenant"]
 )
 HTTP_DURATION = Histogram(
-    "insid3_http_request_duration_seconds", "Time to answer an HTTP request.", ["route", "method"],
+    "insid3_http_request_duration_seconds", "Time to answer an HTTP request.", ["route", "method", "tenant"],
     buckets=LATENCY_BUCKETS,
 )
 HTTP_IN_FLIGHT = Gauge("insid3_http_requests_in_flight", "HTTP requests being answered.")
@@ -27,7 +29,8 @@ UNMATCHED_ROUTE = "<unmatched>"
 
 
 class MetricsMiddleware:
-    """Counts requests and observes their latency per route template, method and status."""
+    """Counts requests and observes their latency per route template, method, status and tenant
+    (the tenant id ``app.auth`` resolved, ``-`` when unauthenticated; never the key)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -51,6 +54,6 @@ class MetricsMiddleware:
         finally:
             HTTP_IN_FLIGHT.dec()
             route = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
-            method = scope["method"]
-            HTTP_REQUESTS.labels(route, method, str(status)).inc()
-            HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
+            method, tenant = scope["method"], tenant_label(scope)
+            HTTP_REQUESTS.labels(route, method, str(status), tenant).inc()
+            HTTP_DURATION.labels(route, method, tenant).observe(time.perf_counter() - started)

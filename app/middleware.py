@@ -1,5 +1,5 @@
-"""ASGI middleware that guards the app: the request body size limit, and dropping the work of a
-request whose client went away."""
+"""ASGI middleware that guards the app: the request body size limit, dropping the work of a
+request whose client went away, and CORS with JSON preflight rejections."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import contextlib
 import json
 from collections.abc import Callable
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -15,11 +18,13 @@ class _BodyTooLarge(Exception):
     pass
 
 
-async def send_json_error(send: Send, status: int, code: str, detail: str) -> None:
-    """Answer with the service's JSON error shape straight from ASGI."""
+async def send_json_error(send: Send, status: int, code: str, detail: str,
+                          extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer with the service's JSON error shape straight from ASGI (the connection is closed:
+    a request body not read yet is never waited for)."""
     body = json.dumps({"error": code, "detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
+               (b"connection", b"close"), *(extra_headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -137,3 +142,17 @@ class DisconnectMiddleware:
         gone.set()
         if not started():
             handler.cancel()
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS with preflight rejections in the service's JSON error shape."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {name: value for name, value in response.headers.items()
+                   if name.startswith("access-control-") or name == "vary"}
+        detail = bytes(response.body).decode()
+        return JSONResponse({"error": "cors_preflight_rejected", "detail": detail},
+                            status_code=response.status_code, headers=headers)

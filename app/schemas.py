@@ -15,7 +15,7 @@ SegmentFormat = Literal["rle", "png", "polygons", "overlay"]
 class ReferenceInfo(BaseModel):
     """What the service knows about a stored reference (never the features themselves)."""
 
-    reference_id: str = Field(description="Content hash of the image, mask and engine configuration.")
+    reference_id: str = Field(description="Content hash of the image, mask, engine configuration and tenant.")
     name: str | None = Field(default=None, description="Free-form label given at creation.")
     width: int = Field(description="Width of the reference image in pixels.")
     height: int = Field(description="Height of the reference image in pixels.")
@@ -24,13 +24,14 @@ class ReferenceInfo(BaseModel):
     image_size: int = Field(description="Side of the square the engine resizes images to.")
     created_at: datetime
     expires_at: datetime | None = Field(default=None, description="None: never expires.")
+    owner: str = Field(description="The tenant that created it (with API keys off: default).")
 
     @classmethod
     def of(cls, record: StoredReference) -> Self:
         return cls(
             reference_id=record.reference_id, name=record.name, width=record.width, height=record.height,
             mask_area=record.mask_area, model=record.model, image_size=record.image_size,
-            created_at=record.created_at, expires_at=record.expires_at,
+            created_at=record.created_at, expires_at=record.expires_at, owner=record.owner,
         )
 
 

@@ -8,7 +8,7 @@ comma-separated.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
@@ -38,13 +38,35 @@ class Settings(EngineSettings):
     inline_reference_ttl_s: float = Field(default=300.0, ge=0, description="lifetime of references uploaded "
                                           "inline with /segment or /match; 0 = forever")
     reference_dir: Path | None = Field(None, description="embedded mode: keep references on disk across restarts")
-    api_keys: CommaList = Field(default_factory=list, description="empty: no authentication")
+    reference_quota: int = Field(default=0, ge=0, description="live references per tenant; 0 = no limit")
+    api_keys: CommaList = Field(
+        default_factory=list, description="comma-separated KEY (default tenant) or TENANT:KEY; empty: no auth",
+    )
+    api_keys_file: Path | None = Field(None, description="a file of 'TENANT KEY [admin]' lines, re-read on change")
+    metrics_auth: Literal["admin", "public"] = Field(
+        "admin", description="with API keys on, /metrics needs an admin key (admin) or nothing (public)",
+    )
+    docs: Literal["public", "key", "off"] = Field("public", description="/docs, /redoc and /openapi.json")
     cors_origins: CommaList = Field(default_factory=list, description="empty: no CORS headers")
     log_level: str = Field("info", description="log level")
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        """An empty value turns keys off; a value with an empty entry (``','``, ``' , '``, ``'a,,b'``)
+        is refused rather than silently turning authentication off."""
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return []
+        keys = [item.strip() for item in value.split(",")]
+        if not all(keys):
+            raise ValueError("API keys must not be empty: remove the empty entry (or unset INSID3_API_KEYS)")
+        return keys

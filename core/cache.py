@@ -6,13 +6,18 @@ import hashlib
 import threading
 from collections import OrderedDict
 
+from core.requests import DEFAULT_TENANT
 from core.types import ReferenceFeatures
 
 
-def reference_key(image: bytes, mask: bytes | None, model_id: str, image_size: int) -> str:
-    """Content hash of a reference: the same inputs under the same model give the same key."""
+def reference_key(image: bytes, mask: bytes | None, model_id: str, image_size: int,
+                  tenant: str = DEFAULT_TENANT) -> str:
+    """Content hash of a reference: the same inputs under the same model for the same tenant give
+    the same key; two tenants get two keys (the default tenant's keys are those of a service
+    without tenants)."""
     digest = hashlib.sha256()
-    for part in (image, mask or b"", model_id.encode(), str(image_size).encode()):
+    owner = [] if tenant == DEFAULT_TENANT else [tenant.encode()]
+    for part in (image, mask or b"", model_id.encode(), str(image_size).encode(), *owner):
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
     return digest.hexdigest()[:32]

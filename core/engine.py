@@ -44,7 +44,7 @@ from core.images import (
     resize_square,
 )
 from core.pipeline import downsample_mask, match_keypoints, segment_grid, upsample_mask
-from core.requests import MatchRequest, ReferenceRequest, Request, SegmentRequest, reference_ids
+from core.requests import DEFAULT_TENANT, MatchRequest, ReferenceRequest, Request, SegmentRequest, reference_ids
 from core.serving import ReferenceNotFound
 from core.specs import PATCH_SIZE, get_spec, resolve_svd_components
 from core.types import EncodedImage, MatchResult, ModelInput, ReferenceFeatures, SegmentationResult
@@ -256,10 +256,10 @@ class Insid3:
             ]
         return encoded
 
-    def reference_key(self, image: ImageInput, mask: ImageInput | None) -> str:
-        """The content hash that identifies the reference (image, mask) under this model."""
+    def reference_key(self, image: ImageInput, mask: ImageInput | None, tenant: str = DEFAULT_TENANT) -> str:
+        """The content hash that identifies the reference (image, mask) of ``tenant`` under this model."""
         return reference_key(content_bytes(image), content_bytes(mask) if mask is not None else None,
-                             self.model_id, self.image_size)
+                             self.model_id, self.image_size, tenant)
 
     def encode_reference(self, image: ImageInput, mask: ImageInput | None = None) -> ReferenceFeatures:
         """Reference features of ``image`` under ``mask`` (None: matching only), from the cache if seen."""
@@ -451,7 +451,7 @@ class Insid3:
                  checked: dict[str, ReferenceFeatures | Exception]) -> _Prepared | ReferenceFeatures:
         """Decode and validate a request's input before the shared encoder pass."""
         if isinstance(request, ReferenceRequest):
-            key = request.key or self.reference_key(request.image, request.mask)
+            key = request.key or self.reference_key(request.image, request.mask, request.tenant)
             cached = self.cache.get(key)
             if cached is not None:
                 return cached

@@ -9,7 +9,11 @@ Conventions every implementation follows:
 * ``deadline`` is an absolute Unix time (``time.time()`` seconds). Work not started by then is
   dropped and the call raises ``DeadlineExceeded``; a call never waits past its deadline.
 * Reference ids are content hashes (``core.cache.reference_key``): the same bytes under the same
-  model give the same id.
+  model for the same tenant give the same id; two tenants uploading the same bytes get two ids.
+* References belong to the tenant that created them (``StoredReference.owner``). Every reference
+  and inference method takes the caller's ``tenant`` (keyword): another tenant's reference is
+  ``ReferenceNotFound`` (never "forbidden", so ids reveal nothing) and is left out of listings.
+  ``ANY_TENANT`` (an admin key) sees every reference.
 * Engine errors are raised as the ``core.errors`` classes; serving errors are the
   ``BackendError`` subclasses below. The HTTP layer maps them to ``{"error": code, "detail": ...}``.
 * When several targets are given, the first failing target's error is raised for the call.
@@ -23,11 +27,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 from core.errors import Insid3Error
+from core.requests import DEFAULT_TENANT
 
 if TYPE_CHECKING:
     from core.types import MatchResult, ReferenceFeatures, SegmentationResult
 
 T = TypeVar("T")
+
+ANY_TENANT = "*"  # the caller of an admin key: sees and deletes every tenant's references
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -47,6 +54,12 @@ class ReferenceNotFound(BackendError):
     def __init__(self, reference_id: str) -> None:
         super().__init__(f"no reference {reference_id!r}: unknown, deleted or expired")
         self.reference_id = reference_id
+
+
+class QuotaExceeded(BackendError):
+    """The tenant holds its quota of references already; nothing was stored. HTTP 403."""
+
+    code = "reference_quota_exceeded"
 
 
 class QueueFull(BackendError):
@@ -120,25 +133,32 @@ class StoredReference:
     image_size: int
     created_at: datetime
     expires_at: datetime | None  # None: never
+    owner: str = DEFAULT_TENANT  # the tenant that created it
 
     @classmethod
-    def of(cls, features: ReferenceFeatures, name: str | None, ttl_s: float,
+    def of(cls, features: ReferenceFeatures, name: str | None, ttl_s: float, owner: str,
            now: datetime | None = None) -> StoredReference:
-        """The record of freshly encoded ``features``, created ``now`` with a lifetime of ``ttl_s``."""
+        """The record of freshly encoded ``features`` of ``owner``, created ``now`` with a lifetime of ``ttl_s``."""
         now = now or datetime.now(UTC)
         height, width = features.original_size
         return cls(features.key, name, width, height, features.mask_area, features.model_id,
-                   features.image_size, now, expiry(now, ttl_s))
+                   features.image_size, now, expiry(now, ttl_s), owner)
+
+    def visible_to(self, tenant: str) -> bool:
+        """Whether ``tenant`` (``ANY_TENANT``: an admin) may see this reference."""
+        return tenant in (ANY_TENANT, self.owner)
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
 
-    def extended(self, ttl_s: float, now: datetime | None = None) -> StoredReference:
-        """This record with its lifetime extended to ``ttl_s`` from now; never shortened."""
+    def extended(self, ttl_s: float, name: str | None = None, now: datetime | None = None) -> StoredReference:
+        """This record with its lifetime extended to ``ttl_s`` from now (never shortened) and
+        renamed to ``name`` when one is given."""
+        renamed = self if name is None or name == self.name else replace(self, name=name)
         new = expiry(now or datetime.now(UTC), ttl_s)
-        if self.expires_at is None or (new is not None and new <= self.expires_at):
-            return self
-        return replace(self, expires_at=new)
+        if renamed.expires_at is None or (new is not None and new <= renamed.expires_at):
+            return renamed
+        return replace(renamed, expires_at=new)
 
     def to_json(self) -> str:
         fields = asdict(self)
@@ -184,31 +204,35 @@ class InferenceBackend(Protocol):
         """None when requests can be served, else a human reason (what is missing and how to fix it)."""
 
     async def create_reference(
-        self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None, deadline: float
+        self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None, deadline: float,
+        *, tenant: str = DEFAULT_TENANT,
     ) -> tuple[StoredReference, bool]:
-        """Encode and store a reference; returns its record and True when it was newly created
-        (False: an identical reference existed; its lifetime is extended, never shortened).
-        ``mask=None`` makes a match-only reference; ``ttl_s=None`` uses the configured default,
-        ``ttl_s=0`` never expires."""
+        """Encode and store a reference owned by ``tenant`` (a tenant id, never ``ANY_TENANT``);
+        returns its record and True when it was newly created (False: the tenant's identical
+        reference existed; its lifetime is extended, never shortened, and a ``name`` given
+        renames it). ``mask=None`` makes a match-only reference; ``ttl_s=None`` uses the
+        configured default, ``ttl_s=0`` never expires. ``QuotaExceeded`` when the tenant holds
+        its quota of references."""
 
-    async def get_reference(self, reference_id: str) -> StoredReference:
-        """The record of a live reference, else ``ReferenceNotFound``."""
+    async def get_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> StoredReference:
+        """The record of a live reference ``tenant`` may see, else ``ReferenceNotFound``."""
 
-    async def delete_reference(self, reference_id: str) -> None:
-        """Forget a reference, else ``ReferenceNotFound``."""
+    async def delete_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
+        """Forget a reference ``tenant`` may see, else ``ReferenceNotFound``."""
 
-    async def list_references(self, offset: int, limit: int) -> ReferencePage:
-        """Live references, newest first."""
+    async def list_references(self, offset: int, limit: int, *, tenant: str = DEFAULT_TENANT) -> ReferencePage:
+        """The live references ``tenant`` may see, newest first."""
 
     async def segment(
         self, targets: list[bytes], reference_ids: list[str], tau: float | None,
-        merge_threshold: float | None, deadline: float,
+        merge_threshold: float | None, deadline: float, *, tenant: str = DEFAULT_TENANT,
     ) -> list[SegmentationResult]:
-        """Segment every target with the k references (k-shot); one result per target, in order."""
+        """Segment every target with the k references (k-shot) ``tenant`` may see; one result
+        per target, in order."""
 
     async def match(
         self, target: bytes, reference_id: str, points: list[tuple[float, float]], debiased: bool,
-        deadline: float,
+        deadline: float, *, tenant: str = DEFAULT_TENANT,
     ) -> MatchResult:
         """Map ``points`` ((x, y) in reference pixels) to the target, with a confidence each."""
 

@@ -33,9 +33,12 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from core.errors import Insid3Error
 from core.requests import MatchRequest, ReferenceRequest, Request, SegmentRequest
 from core.serving import (
+    ANY_TENANT,
+    DEFAULT_TENANT,
     DeadlineExceeded,
     ModelUnavailable,
     QueueFull,
+    QuotaExceeded,
     ReferenceNotFound,
     ReferencePage,
     StoredReference,
@@ -81,6 +84,7 @@ class QueueLimits:
     retry_after_s: int
     reference_ttl_s: float  # default lifetime of a reference
     drain_timeout_s: float  # how long close() waits for jobs in flight
+    reference_quota: int = 0  # live references per tenant (0: no limit)
     model_size: str = ""  # the preferred model of new references ("": the newest served)
     image_size: int = 0
 
@@ -166,29 +170,40 @@ class RedisBackend:
     # ---------------------------------------------------------------------------- references
 
     async def create_reference(
-        self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None, deadline: float
+        self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None, deadline: float,
+        *, tenant: str = DEFAULT_TENANT,
     ) -> tuple[StoredReference, bool]:
+        """The quota is checked when the request arrives: a tenant at its quota can't create or
+        refresh references (concurrent creates may pass it by their number)."""
+        quota = self._limits.reference_quota
+        if quota:
+            with self._redis_errors():
+                held = await self._store.count(tenant)
+            if held >= quota:
+                raise QuotaExceeded(f"you hold {held} references, your quota is {quota} "
+                                    "(INSID3_REFERENCE_QUOTA); delete some before creating new ones")
         ttl = self._limits.reference_ttl_s if ttl_s is None else ttl_s
-        [result] = await self._submit([ReferenceRequest(image, mask, name, ttl)], deadline)
+        [result] = await self._submit([ReferenceRequest(image, mask, name, ttl, tenant=tenant)], deadline)
         created = _result(result, ReferenceCreated)
         return created.record, created.created
 
-    async def get_reference(self, reference_id: str) -> StoredReference:
+    async def get_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> StoredReference:
         with self._redis_errors():
             record = await self._store.record(reference_id)
-        if record is None:
+        if record is None or not record.visible_to(tenant):
             raise ReferenceNotFound(reference_id)
         return record
 
-    async def delete_reference(self, reference_id: str) -> None:
+    async def delete_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
+        await self.get_reference(reference_id, tenant=tenant)
         with self._redis_errors():
             deleted = await self._store.delete(reference_id)
         if not deleted:
             raise ReferenceNotFound(reference_id)
 
-    async def list_references(self, offset: int, limit: int) -> ReferencePage:
+    async def list_references(self, offset: int, limit: int, *, tenant: str = DEFAULT_TENANT) -> ReferencePage:
         with self._redis_errors():
-            return await self._store.page(offset, limit)
+            return await self._store.page(offset, limit, tenant)
 
     # ---------------------------------------------------------------------------- inference
 
@@ -219,16 +234,18 @@ class RedisBackend:
 
     async def segment(
         self, targets: list[bytes], reference_ids: list[str], tau: float | None,
-        merge_threshold: float | None, deadline: float,
+        merge_threshold: float | None, deadline: float, *, tenant: str = DEFAULT_TENANT,
     ) -> list[SegmentationResult]:
+        await self._check_visible(tenant, reference_ids)
         requests: list[Request] = [SegmentRequest(t, reference_ids, tau, merge_threshold) for t in targets]
         results = await self._submit(requests, deadline, reference_ids)
         return [_result(result, SegmentationResult) for result in results]
 
     async def match(
         self, target: bytes, reference_id: str, points: list[tuple[float, float]], debiased: bool,
-        deadline: float,
+        deadline: float, *, tenant: str = DEFAULT_TENANT,
     ) -> MatchResult:
+        await self._check_visible(tenant, [reference_id])
         [result] = await self._submit([MatchRequest(target, reference_id, points, debiased)], deadline,
                                       [reference_id])
         return _result(result, MatchResult)
@@ -243,6 +260,17 @@ class RedisBackend:
         return depth
 
     # ---------------------------------------------------------------------------- plumbing
+
+    async def _check_visible(self, tenant: str, reference_ids: Sequence[str]) -> None:
+        """``ReferenceNotFound`` for a reference of another tenant; missing ones are left to the
+        enqueueing script (which reports them atomically, after a missing worker)."""
+        if tenant == ANY_TENANT:
+            return
+        for reference_id in dict.fromkeys(reference_ids):
+            with self._redis_errors():
+                record = await self._store.record(reference_id)
+            if record is not None and not record.visible_to(tenant):
+                raise ReferenceNotFound(reference_id)
 
     @contextlib.contextmanager
     def _redis_errors(self) -> Iterator[None]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import Insid3Error
-from core.requests import MatchRequest, ReferenceRequest, Request, SegmentRequest
+from core.requests import DEFAULT_TENANT, MatchRequest, ReferenceRequest, Request, SegmentRequest
 from core.serving import JobFailed, ReferenceNotFound, StoredReference
 from core.types import MatchResult, SegmentationResult
 
@@ -67,7 +67,7 @@ def encode_request(request: Request) -> bytes:
     """The ``body`` frame of a job entry."""
     if isinstance(request, ReferenceRequest):
         blobs = [request.image] if request.mask is None else [request.image, request.mask]
-        return pack({"name": request.name, "ttl_s": request.ttl_s}, blobs)
+        return pack({"name": request.name, "ttl_s": request.ttl_s, "tenant": request.tenant}, blobs)
     if isinstance(request, SegmentRequest):
         header = {"references": request.reference_ids, "tau": request.tau,
                   "merge_threshold": request.merge_threshold}
@@ -82,8 +82,8 @@ def decode_request(kind: str, body: bytes) -> Request:
     header, blobs = unpack(body)
     try:
         if kind == "reference":
-            return ReferenceRequest(blobs[0], blobs[1] if len(blobs) > 1 else None,
-                                    header["name"], float(header["ttl_s"]))
+            return ReferenceRequest(blobs[0], blobs[1] if len(blobs) > 1 else None, header["name"],
+                                    float(header["ttl_s"]), tenant=str(header.get("tenant", DEFAULT_TENANT)))
         if kind == "segment":
             return SegmentRequest(blobs[0], [str(r) for r in header["references"]],
                                   header["tau"], header["merge_threshold"])

@@ -80,8 +80,8 @@ class Executor:
                      ) -> Request | ReferenceCreated:
         """``request`` ready for the engine, or the answer when an identical reference exists."""
         if isinstance(request, ReferenceRequest):
-            key = await asyncio.to_thread(self.engine.reference_key, request.image, request.mask)
-            existing = await self.store.extend(key, request.ttl_s)
+            key = await asyncio.to_thread(self.engine.reference_key, request.image, request.mask, request.tenant)
+            existing = await self.store.extend(key, request.ttl_s, request.name, request.tenant)
             if existing is not None:
                 return ReferenceCreated(existing, False)
             return replace(request, key=key)
@@ -137,7 +137,7 @@ class Executor:
     async def _store_reference(self, request: ReferenceRequest, features: ReferenceFeatures) -> Result:
         """Save new reference features to Redis (fp16 raw features: the debiased map is recomputed
         on load; with the request's lifetime), or the error that prevented it."""
-        record = StoredReference.of(features, request.name, request.ttl_s)
+        record = StoredReference.of(features, request.name, request.ttl_s, request.tenant)
         payload = await asyncio.to_thread(features.to_bytes, "fp16", False)
         try:
             existing = await self.store.save(record, payload, request.ttl_s)
@@ -147,5 +147,6 @@ class Executor:
             return error_of(ModelUnavailable(f"Redis cannot store the reference: {exc}"))
         if existing is None:
             return ReferenceCreated(record, True)
-        extended = await self.store.extend(record.reference_id, request.ttl_s)  # created meanwhile elsewhere
+        # created meanwhile elsewhere
+        extended = await self.store.extend(record.reference_id, request.ttl_s, request.name, request.tenant)
         return ReferenceCreated(extended or existing, False)

@@ -11,6 +11,8 @@
     p:refs               sorted set of reference ids by creation time (listing)
     p:refs:expiry        sorted set of reference ids by expiry time (pruning of the listing)
     p:refs:bytes         hash: stored bytes per reference id, and ``total`` (the reference budget)
+    p:tenant:<t>:refs         the same two sorted sets for the references of tenant <t> (its listing
+    p:tenant:<t>:refs:expiry  and quota); tenant ids never hold ':' (``app.auth.TENANT_ID``)
     p:worker:<name>      a live worker's description, expires unless its heartbeat renews it
     p:alive              exists while at least one worker is alive (renewed by every heartbeat)
 """
@@ -72,6 +74,12 @@ class Keys:
     @property
     def alive(self) -> str:
         return f"{self.prefix}:alive"
+
+    def tenant_references(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:refs"
+
+    def tenant_references_expiry(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:refs:expiry"
 
     def inbox(self, client_id: str) -> str:
         return f"{self.prefix}:inbox:{client_id}"

@@ -107,27 +107,31 @@ end
 return pruned
 """
 
-# Drops the ids whose expiry time has passed (Redis clock) from the listing and the byte count.
-# KEYS: by created, by expiry, bytes (of the calling script)
+# prune(created, expiry, bytes): drops from a listing (and from the byte count, when ``bytes`` is
+# given) the ids whose expiry time has passed (Redis clock); returns how many.
 _PRUNE = """
-local now = redis.call('TIME')
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now[1] + now[2] / 1000000)
-for _, id in ipairs(expired) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-  local size = redis.call('HGET', KEYS[3], id)
-  if size then
-    redis.call('HDEL', KEYS[3], id)
-    redis.call('HINCRBY', KEYS[3], 'total', -tonumber(size))
+local function prune(created, expiry, bytes)
+  local now = redis.call('TIME')
+  local expired = redis.call('ZRANGEBYSCORE', expiry, '-inf', now[1] + now[2] / 1000000)
+  for _, id in ipairs(expired) do
+    redis.call('ZREM', created, id)
+    redis.call('ZREM', expiry, id)
+    local size = bytes and redis.call('HGET', bytes, id)
+    if size then
+      redis.call('HDEL', bytes, id)
+      redis.call('HINCRBY', bytes, 'total', -tonumber(size))
+    end
   end
+  return #expired
 end
 """
 
-# KEYS: by created, by expiry, bytes, ref   ARGV: id, features, info, ttl ms (0: never), created,
-# expires, budget bytes (0: none)
+# KEYS: by created, by expiry, bytes, ref, tenant's by created, tenant's by expiry
+# ARGV: id, features, info, ttl ms (0: never), created, expires, budget bytes (0: none)
 # -> {'ok'} when stored, {'exists', info} when a reference with this id exists (nothing written),
 # {'full', used bytes} when it does not fit in the reference budget (nothing written).
 SAVE_REFERENCE = "#!lua\n" + _PRUNE + """
+prune(KEYS[1], KEYS[2], KEYS[3])
 local existing = redis.call('HGET', KEYS[4], 'info')
 if existing then return {'exists', existing} end
 local size = string.len(ARGV[2])
@@ -137,16 +141,18 @@ redis.call('HSET', KEYS[4], 'features', ARGV[2], 'info', ARGV[3])
 if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
 redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], size)
 redis.call('HINCRBY', KEYS[3], 'total', size)
 return {'ok'}
 """
 
-# KEYS: by created, by expiry, bytes, ref   ARGV: id   -> 1 when the reference existed
+# KEYS: by created, by expiry, bytes, ref, tenant's by created, tenant's by expiry   ARGV: id
+# -> 1 when the reference existed
 DELETE_REFERENCE = """
 local deleted = redis.call('DEL', KEYS[4])
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
+for _, listing in ipairs({KEYS[1], KEYS[2], KEYS[5], KEYS[6]}) do redis.call('ZREM', listing, ARGV[1]) end
 local size = redis.call('HGET', KEYS[3], ARGV[1])
 if size then
   redis.call('HDEL', KEYS[3], ARGV[1])
@@ -155,25 +161,34 @@ end
 return deleted
 """
 
-# KEYS: ref, by expiry   ARGV: id, ttl ms (0: never), expires_at (ISO or ''), expiry score
-# -> the info, extended when the new lifetime ends later (a lifetime is never shortened), or nil
-# when the reference is gone.
+# KEYS: ref, by expiry, tenant's by expiry   ARGV: id, ttl ms (0: never), expires_at (ISO or ''),
+# expiry score, name ('' : keep)
+# -> the info, extended when the new lifetime ends later (a lifetime is never shortened) and
+# renamed when a name is given, or nil when the reference is gone.
 EXTEND_REFERENCE = """#!lua
 local raw = redis.call('HGET', KEYS[1], 'info')
 if not raw then return false end
-local remaining = redis.call('PTTL', KEYS[1])
-if remaining == -1 or (tonumber(ARGV[2]) > 0 and tonumber(ARGV[2]) <= remaining) then return raw end
 local info = cjson.decode(raw)
-if ARGV[3] == '' then info['expires_at'] = cjson.null else info['expires_at'] = ARGV[3] end
+local changed = ARGV[5] ~= '' and info['name'] ~= ARGV[5]
+if changed then info['name'] = ARGV[5] end
+local remaining = redis.call('PTTL', KEYS[1])
+local longer = remaining ~= -1 and (tonumber(ARGV[2]) == 0 or tonumber(ARGV[2]) > remaining)
+if longer then
+  if ARGV[3] == '' then info['expires_at'] = cjson.null else info['expires_at'] = ARGV[3] end
+end
+if not changed and not longer then return raw end
 raw = cjson.encode(info)
 redis.call('HSET', KEYS[1], 'info', raw)
-if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) else redis.call('PERSIST', KEYS[1]) end
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+if longer then
+  if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) else redis.call('PERSIST', KEYS[1]) end
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+end
 return raw
 """
 
-# KEYS: by created, by expiry, bytes   -> drops the ids whose expiry time has passed
-PRUNE_REFERENCES = _PRUNE + "return #expired"
+# KEYS: by created, by expiry [, bytes]   -> drops the ids whose expiry time has passed
+PRUNE_REFERENCES = _PRUNE + "return prune(KEYS[1], KEYS[2], KEYS[3])"
 
 # KEYS: stream   ARGV: group, me, worker key prefix, count   -> the entries claimed (XCLAIM replies).
 # Takes over the pending entries of consumers whose worker heartbeat key is gone (crashed, killed,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import re
 from collections.abc import Sequence
 
 from app.backends.batcher import BatchingLoop
@@ -14,10 +15,17 @@ from app.settings import Settings
 from core.engine import Insid3
 from core.errors import Insid3Error
 from core.requests import MatchRequest, ReferenceRequest, SegmentRequest
-from core.serving import ModelUnavailable, ReferencePage, StoredReference, unwrap
+from core.serving import DEFAULT_TENANT, ModelUnavailable, QuotaExceeded, ReferencePage, StoredReference, unwrap
 from core.types import MatchResult, ReferenceFeatures, SegmentationResult
 
 log = logging.getLogger("insid3.app")
+
+_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?(?:[/\\][^/\\\s'\"]+)+[/\\]([^/\\\s'\"]+)")
+
+
+def client_safe(reason: str) -> str:
+    """``reason`` with every absolute path cut to its file name (the full reason goes to the log)."""
+    return _PATH.sub(r"\1", reason)
 
 
 class EmbeddedBackend:
@@ -70,58 +78,68 @@ class EmbeddedBackend:
             await self._batcher.close()
 
     async def readiness(self) -> str | None:
-        return self._problem
+        return None if self._problem is None else client_safe(self._problem)
 
     def _ready(self) -> tuple[Insid3, ReferenceStore, BatchingLoop]:
         if self._engine is None or self._store is None or self._batcher is None:
-            raise ModelUnavailable(self._problem or "the model is not loaded")
+            raise ModelUnavailable(client_safe(self._problem or "the model is not loaded"))
         return self._engine, self._store, self._batcher
 
     async def create_reference(
-        self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None, deadline: float
+        self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None, deadline: float,
+        *, tenant: str = DEFAULT_TENANT,
     ) -> tuple[StoredReference, bool]:
         engine, store, batcher = self._ready()
         ttl = self._settings.reference_ttl_s if ttl_s is None else ttl_s
-        key = await asyncio.to_thread(engine.reference_key, image, mask)
-        existing = store.extend(key, ttl)
+        self._check_quota(store, tenant)
+        key = await asyncio.to_thread(engine.reference_key, image, mask, tenant)
+        existing = store.extend(key, ttl, name)
         if existing is not None:
             return existing, False
-        [result] = await batcher.submit([ReferenceRequest(image, mask, name, ttl, key)], {}, deadline)
+        [result] = await batcher.submit([ReferenceRequest(image, mask, name, ttl, key, tenant)], {}, deadline)
         features = unwrap(result, ReferenceFeatures)
-        existing = store.extend(key, ttl)  # an identical request may have finished meanwhile
+        existing = store.extend(key, ttl, name)  # an identical request may have finished meanwhile
         if existing is not None:
             return existing, False
-        record = StoredReference.of(features, name, ttl)
+        record = StoredReference.of(features, name, ttl, tenant)
         await store.put(record, features)
         return record, True
 
-    async def get_reference(self, reference_id: str) -> StoredReference:
-        return self._ready()[1].record(reference_id)
+    def _check_quota(self, store: ReferenceStore, tenant: str) -> None:
+        """A tenant at its quota can't create or refresh references (checked when the request arrives)."""
+        quota = self._settings.reference_quota
+        if quota and (held := store.count(tenant)) >= quota:
+            raise QuotaExceeded(f"you hold {held} references, your quota is {quota} "
+                                "(INSID3_REFERENCE_QUOTA); delete some before creating new ones")
 
-    async def delete_reference(self, reference_id: str) -> None:
-        self._ready()[1].delete(reference_id)
+    async def get_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> StoredReference:
+        return self._ready()[1].record(tenant, reference_id)
 
-    async def list_references(self, offset: int, limit: int) -> ReferencePage:
-        return self._ready()[1].page(offset, limit)
+    async def delete_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
+        self._ready()[1].delete(tenant, reference_id)
 
-    async def _features(self, reference_ids: Sequence[str]) -> dict[str, ReferenceFeatures]:
+    async def list_references(self, offset: int, limit: int, *, tenant: str = DEFAULT_TENANT) -> ReferencePage:
+        return self._ready()[1].page(tenant, offset, limit)
+
+    async def _features(self, tenant: str, reference_ids: Sequence[str]) -> dict[str, ReferenceFeatures]:
         store = self._ready()[1]
-        return {reference_id: await store.features(reference_id) for reference_id in dict.fromkeys(reference_ids)}
+        return {reference_id: await store.features(tenant, reference_id)
+                for reference_id in dict.fromkeys(reference_ids)}
 
     async def segment(
         self, targets: list[bytes], reference_ids: list[str], tau: float | None,
-        merge_threshold: float | None, deadline: float,
+        merge_threshold: float | None, deadline: float, *, tenant: str = DEFAULT_TENANT,
     ) -> list[SegmentationResult]:
-        references = await self._features(reference_ids)
+        references = await self._features(tenant, reference_ids)
         requests = [SegmentRequest(target, reference_ids, tau, merge_threshold) for target in targets]
         results = await self._ready()[2].submit(requests, references, deadline)
         return [unwrap(result, SegmentationResult) for result in results]
 
     async def match(
         self, target: bytes, reference_id: str, points: list[tuple[float, float]], debiased: bool,
-        deadline: float,
+        deadline: float, *, tenant: str = DEFAULT_TENANT,
     ) -> MatchResult:
-        references = await self._features([reference_id])
+        references = await self._features(tenant, [reference_id])
         request = MatchRequest(target, reference_id, points, debiased)
         [result] = await self._ready()[2].submit([request], references, deadline)
         return unwrap(result, MatchResult)

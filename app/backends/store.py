@@ -3,8 +3,9 @@
 The LRU is the engine's own ``ReferenceCache`` (``cache_bytes``, exported as the
 ``insid3_reference_cache_*`` metrics). Without a directory, a reference evicted from it is gone; with one
 (``INSID3_REFERENCE_DIR``), every reference is also written there and survives evictions and
-restarts. Records follow ``core.serving.StoredReference`` (one lifetime rule for both serving modes).
-All methods are called from the event loop; disk I/O runs in a thread.
+restarts. Records follow ``core.serving.StoredReference`` (one lifetime rule for both serving modes)
+and belong to their ``owner``: the methods taking a ``tenant`` see that tenant's references only
+(``ANY_TENANT``: all). All methods are called from the event loop; disk I/O runs in a thread.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class ReferenceStore:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("ignored unreadable reference record %s: %s", path.name, exc)
                 continue
-            if not REFERENCE_ID.fullmatch(record.reference_id) or path.stem != record.reference_id:
+            if (not isinstance(record.reference_id, str) or not isinstance(record.owner, str)
+                    or not REFERENCE_ID.fullmatch(record.reference_id) or path.stem != record.reference_id):
                 log.warning("ignored reference record %s: it names another id", path.name)
                 continue
             self._records[record.reference_id] = record
@@ -69,20 +71,25 @@ class ReferenceStore:
             for path in self._paths(reference_id):
                 path.unlink(missing_ok=True)
 
-    def record(self, reference_id: str) -> StoredReference:
-        """The record of a live reference, else ``ReferenceNotFound``."""
+    def record(self, tenant: str, reference_id: str) -> StoredReference:
+        """The record of a live reference ``tenant`` may see, else ``ReferenceNotFound``."""
         record = self._live(reference_id)
-        if record is None:
+        if record is None or not record.visible_to(tenant):
             raise ReferenceNotFound(reference_id)
         return record
 
-    def extend(self, reference_id: str, ttl_s: float) -> StoredReference | None:
-        """Extend a live reference's lifetime to ``ttl_s`` from now (never shortened); None when
-        it is not stored."""
+    def count(self, tenant: str) -> int:
+        """How many live references ``tenant`` owns."""
+        return sum(1 for reference_id in list(self._records)
+                   if (record := self._live(reference_id)) and record.owner == tenant)
+
+    def extend(self, reference_id: str, ttl_s: float, name: str | None) -> StoredReference | None:
+        """Extend a live reference's lifetime to ``ttl_s`` from now (never shortened) and rename
+        it to ``name`` when given; None when it is not stored."""
         record = self._live(reference_id)
         if record is None:
             return None
-        extended = record.extended(ttl_s)
+        extended = record.extended(ttl_s, name)
         if extended is not record:
             self._records[reference_id] = extended
             if self._directory is not None:
@@ -99,10 +106,11 @@ class ReferenceStore:
             record_path.write_text(record.to_json())
         self._records[record.reference_id] = record
 
-    async def features(self, reference_id: str) -> ReferenceFeatures:
-        """The features of a live reference (from memory, else from disk), else ``ReferenceNotFound``.
-        A corrupt file on disk is dropped, so that uploading the same reference again repairs it."""
-        self.record(reference_id)
+    async def features(self, tenant: str, reference_id: str) -> ReferenceFeatures:
+        """The features of a live reference ``tenant`` may see (from memory, else from disk), else
+        ``ReferenceNotFound``. A corrupt file on disk is dropped, so that uploading the same
+        reference again repairs it."""
+        self.record(tenant, reference_id)
         cached = self._cache.get(reference_id)
         if cached is not None:
             return cached
@@ -118,13 +126,14 @@ class ReferenceStore:
         self._cache.put(features)
         return features
 
-    def delete(self, reference_id: str) -> None:
-        """Forget a live reference, else ``ReferenceNotFound``."""
-        self.record(reference_id)
+    def delete(self, tenant: str, reference_id: str) -> None:
+        """Forget a live reference ``tenant`` may see, else ``ReferenceNotFound``."""
+        self.record(tenant, reference_id)
         self._forget(reference_id)
 
-    def page(self, offset: int, limit: int) -> ReferencePage:
-        """Live references, newest first."""
-        live = [record for reference_id in list(self._records) if (record := self._live(reference_id))]
+    def page(self, tenant: str, offset: int, limit: int) -> ReferencePage:
+        """The live references ``tenant`` may see, newest first."""
+        live = [record for reference_id in list(self._records)
+                if (record := self._live(reference_id)) and record.visible_to(tenant)]
         live.sort(key=lambda record: record.created_at, reverse=True)
         return ReferencePage(items=live[offset:offset + limit], total=len(live), offset=offset, limit=limit)

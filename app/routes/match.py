@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
+from app.auth import TenantDep
 from app.dependencies import BackendDep, DeadlineDep, SettingsDep
 from app.errors import error_responses
 from app.inline_references import InlineReferences
@@ -51,13 +52,14 @@ def _check_inside(points: list[tuple[float, float]], width: int, height: int) ->
 @router.post(
     "/match",
     response_model=MatchResponse,
-    responses=error_responses(401, 404, 409, 410, 413, 415, 422, 503, 504, 507),
+    responses=error_responses(401, 403, 404, 409, 410, 413, 415, 422, 503, 504, 507),
     summary="Match reference points to a target",
 )
 async def match(
     backend: BackendDep,
     settings: SettingsDep,
     deadline: DeadlineDep,
+    caller: TenantDep,
     target: Annotated[UploadFile, File(description="The target image.")],
     points: Annotated[str, Form(description="JSON [[x, y], ...] in reference image pixels.")],
     reference_id: Annotated[str | None, Form(max_length=128, description="A stored reference.")] = None,
@@ -69,14 +71,15 @@ async def match(
     if (reference_id is None) == (reference_image is None):
         raise InvalidInputError("give exactly one of reference_id or reference_image")
     keypoints = parse_points(points, settings.max_points)
-    async with InlineReferences(backend, settings.inline_reference_ttl_s, deadline) as inline:
+    async with InlineReferences(backend, caller, settings.inline_reference_ttl_s, deadline) as inline:
         if reference_image is not None:
             [info] = await inline.create([(await reference_image.read(), None)])
         else:
             assert reference_id is not None
-            info = await backend.get_reference(reference_id)
+            info = await backend.get_reference(reference_id, tenant=caller.scope)
         _check_inside(keypoints, info.width, info.height)
-        result = await backend.match(await target.read(), info.reference_id, keypoints, debiased, deadline)
+        result = await backend.match(await target.read(), info.reference_id, keypoints, debiased, deadline,
+                                     tenant=caller.scope)
     timings = {name: round(value, 3) for name, value in result.timings.items()}
     timings["total_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
     return MatchResponse(

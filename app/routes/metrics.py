@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from app.dependencies import BackendDep
+from app.errors import error_responses
 from app.metrics import QUEUE_DEPTH
 
 router = APIRouter(tags=["operations"])
@@ -14,7 +15,8 @@ router = APIRouter(tags=["operations"])
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Metrics."}},
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Metrics."},
+               **error_responses(401)},
     summary="Prometheus metrics",
 )
 async def metrics(backend: BackendDep) -> Response:

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
+from app.auth import TenantDep
 from app.dependencies import BackendDep, DeadlineDep, RenderDep, RenderSlots, SettingsDep
 from app.errors import error_responses
 from app.inline_references import InlineReferences
@@ -70,7 +71,7 @@ async def _render(
             "description": "JSON results; a PNG for format=png/overlay with one target and instances=false.",
             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
         },
-        **error_responses(401, 404, 409, 410, 413, 415, 422, 503, 504, 507),
+        **error_responses(401, 403, 404, 409, 410, 413, 415, 422, 503, 504, 507),
     },
     summary="Segment targets like the references",
 )
@@ -79,6 +80,7 @@ async def segment(
     settings: SettingsDep,
     deadline: DeadlineDep,
     slots: RenderDep,
+    caller: TenantDep,
     target: Annotated[list[UploadFile], File(description="One or more target images.")],
     reference_ids: Annotated[
         list[str] | None, Form(description="Stored reference ids (repeat the field or comma-separate): k-shot.")
@@ -100,14 +102,14 @@ async def segment(
     images, masks = reference_image or [], reference_mask or []
     _check_shape(settings, len(target), ids, len(images), len(masks))
     for reference_id in dict.fromkeys(ids):
-        await backend.get_reference(reference_id)  # 404 before any encoding
+        await backend.get_reference(reference_id, tenant=caller.scope)  # 404 before any encoding
     pairs: list[tuple[bytes, bytes | None]] = [
         (await image.read(), await mask.read()) for image, mask in zip(images, masks, strict=True)
     ]
     targets = [await upload.read() for upload in target]
-    async with InlineReferences(backend, settings.inline_reference_ttl_s, deadline) as inline:
+    async with InlineReferences(backend, caller, settings.inline_reference_ttl_s, deadline) as inline:
         ids += [record.reference_id for record in await inline.create(pairs)]
-        results = await backend.segment(targets, ids, tau, merge_threshold, deadline)
+        results = await backend.segment(targets, ids, tau, merge_threshold, deadline, tenant=caller.scope)
         rendered = await _render(slots, deadline, target, targets, results, format, instances, settings.max_pixels)
     if isinstance(rendered, Response):
         return rendered

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from tests.support.fake_backend import FakeBackend
-from tests.support.net import eventually, free_port
+from tests.support.net import eventually, free_port, port_open
 from tests.support.processes import Process, wait_ready
 
 IMAGE_SIZE = 128  # an 8x8 patch grid: coarse but enough to find a disc, and fast on a CPU
@@ -87,10 +87,33 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def log(self) -> str:
+        return self.process.output()
+
 
 def tiny_args(checkpoint: Path, image_size: int = IMAGE_SIZE) -> list[str]:
     """``serve``/``worker`` options for the tiny random checkpoint on the CPU."""
     return ["--model-size", "tiny", "--weights", str(checkpoint), "--image-size", str(image_size), "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Factory: ``start_server(args, env=None, ready=True)`` starts one more real ``insid3 serve``;
+    every server it started is stopped at the end of the session."""
+    servers: list[Server] = []
+
+    def start(args: list[str], env: dict[str, str] | None = None, ready: bool = True) -> Server:
+        server = Server(tmp_path_factory.mktemp("serve"), args, env or {})
+        servers.append(server)
+        if ready:
+            wait_ready(server.url, server.process)
+        else:
+            eventually(lambda: server.process.check_alive() or port_open(server.port), what=f"{server.url}")
+        return server
+
+    yield start
+    for server in servers:
+        server.process.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.support.api import reference_id, segment
 from tests.support.images import REFERENCE, TARGET
-from tests.support.metrics import parse, sample_key
+from tests.support.metrics import parse
 
 
 def scrape(client) -> dict[str, float]:
@@ -14,8 +14,10 @@ def scrape(client) -> dict[str, float]:
     return parse(response.text)
 
 
-def value(samples, name: str, **labels: str) -> float:
-    return samples.get(sample_key(name, **labels), 0.0)
+def value(samples: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` whose labels include ``labels`` (e.g. over tenants)."""
+    return sum(v for key, v in samples.items()
+               if key.split("{")[0] == name and all(f'{k}="{v_}"' in key for k, v_ in labels.items()))
 
 
 def test_health_and_readiness(client):

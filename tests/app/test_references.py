@@ -13,7 +13,8 @@ def test_create_returns_201_then_200_with_the_same_id(client):
     assert first.status_code == 201, first.text
     info = first.json()
     assert set(info) == {"reference_id", "name", "width", "height", "mask_area", "model", "image_size",
-                         "created_at", "expires_at"}
+                         "created_at", "expires_at", "owner"}
+    assert info["owner"] == "default"  # API keys off: one default tenant
     assert (info["width"], info["height"], info["name"]) == (120, 90, "disc")
     assert info["mask_area"] == int(fresh.mask.sum())
     assert info["model"].startswith("dinov3_vits16-") and info["image_size"] == 128

@@ -62,8 +62,9 @@ def test_api_keys_are_required_on_model_endpoints(guarded):
     assert backend.calls == []
     assert http.get("/references", headers={"X-API-Key": KEYS[1]}).status_code == 200
     assert backend.called("list_references") == 1
-    for public in ("/healthz", "/readyz", "/metrics", "/", "/openapi.json"):
+    for public in ("/healthz", "/readyz", "/", "/openapi.json"):
         assert http.get(public).status_code == 200, public
+    assert_error(http.get("/metrics"), 401, "unauthorized")  # INSID3_METRICS_AUTH=admin by default
 
 
 def test_cors_allows_only_the_configured_origin(guarded):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from core.images import load_image
-from core.serving import ModelUnavailable, QueueFull, ReferenceNotFound, ReferencePage, StoredReference
+from core.serving import DEFAULT_TENANT, ModelUnavailable, QueueFull, ReferenceNotFound, ReferencePage, StoredReference
 from core.types import MatchResult, SegmentationResult
 
 FAKE_MODEL = "fake-model"
@@ -63,7 +63,7 @@ class FakeBackend:
         return self.references[reference_id]
 
     async def create_reference(self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None,
-                               deadline: float) -> tuple[StoredReference, bool]:
+                               deadline: float, *, tenant: str = DEFAULT_TENANT) -> tuple[StoredReference, bool]:
         self._record("create_reference", image, mask, name, ttl_s, deadline)
         reference_id = hashlib.sha256(image + b"|" + (mask or b"")).hexdigest()[:32]
         if reference_id in self.references:
@@ -74,22 +74,23 @@ class FakeBackend:
         self.references[reference_id] = info
         return info, True
 
-    async def get_reference(self, reference_id: str) -> StoredReference:
+    async def get_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> StoredReference:
         self._record("get_reference", reference_id)
         return self._info(reference_id)
 
-    async def delete_reference(self, reference_id: str) -> None:
+    async def delete_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
         self._record("delete_reference", reference_id)
         self._info(reference_id)
         del self.references[reference_id]
 
-    async def list_references(self, offset: int, limit: int) -> ReferencePage:
+    async def list_references(self, offset: int, limit: int, *, tenant: str = DEFAULT_TENANT) -> ReferencePage:
         self._record("list_references", offset, limit)
         items = list(reversed(self.references.values()))
         return ReferencePage(items=items[offset:offset + limit], total=len(items), offset=offset, limit=limit)
 
     async def segment(self, targets: list[bytes], reference_ids: list[str], tau: float | None,
-                      merge_threshold: float | None, deadline: float) -> list[SegmentationResult]:
+                      merge_threshold: float | None, deadline: float, *,
+                      tenant: str = DEFAULT_TENANT) -> list[SegmentationResult]:
         self._record("segment", targets, reference_ids, tau, merge_threshold, deadline)
         for reference_id in reference_ids:
             self._info(reference_id)
@@ -106,7 +107,7 @@ class FakeBackend:
         return results
 
     async def match(self, target: bytes, reference_id: str, points: list[tuple[float, float]], debiased: bool,
-                    deadline: float) -> MatchResult:
+                    deadline: float, *, tenant: str = DEFAULT_TENANT) -> MatchResult:
         self._record("match", target, reference_id, points, debiased, deadline)
         self._info(reference_id)
         return MatchResult(points=np.asarray(points, dtype=float).reshape(-1, 2),

@@ -27,12 +27,16 @@ def scrape(port: int) -> dict[str, float]:
     return parse(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
 
 
-def metric(url: str, name: str, labels: dict[str, str] | None = None) -> float:
-    """The sum of the samples named ``name`` (with these labels) on ``url``/metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
+def total(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """The sum of the samples named ``name`` whose labels include ``labels`` in an exposition."""
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
         if sample.name == name and (labels or {}).items() <= sample.labels.items()
     )
+
+
+def metric(url: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """The sum of the samples named ``name`` (with these labels) on ``url``/metrics."""
+    return total(httpx.get(f"{url}/metrics", timeout=30).text, name, labels)

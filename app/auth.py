@@ -1,0 +1,220 @@
+"""API keys, tenants and who may reach what.
+
+Keys come from ``INSID3_API_KEYS`` (``KEY`` for the default tenant, ``TENANT:KEY``) and/or the key
+file ``INSID3_API_KEYS_FILE`` (one ``TENANT KEY [admin]`` per line, ``#`` comments). Only their
+sha256 digests are kept; the file is re-read when its modification time changes (checked at most
+once a second) and on SIGHUP, and a file that fails to parse keeps the previous keys (logged).
+
+``AuthMiddleware`` resolves the caller from the request headers, before any of the body is read:
+a protected path without a valid ``X-API-Key`` is answered 401 at once. The routes get the caller
+(``Principal``) through ``TenantDep``. With no keys configured everyone is the default tenant,
+which then sees every reference (``UNGUARDED``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyHeader
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.middleware import send_json_error
+from app.settings import Settings
+from core.errors import ConfigurationError
+from core.serving import ANY_TENANT, DEFAULT_TENANT
+
+log = logging.getLogger("insid3.app")
+
+TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+HEADER = b"x-api-key"
+RELOAD_CHECK_S = 1.0
+PRINCIPAL_SCOPE_KEY = "insid3.principal"
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+PUBLIC_PATHS = ("/", "/healthz", "/readyz")
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when API keys are on.")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who makes a request: a tenant id, and whether the key is an admin's (sees every tenant)."""
+
+    tenant: str
+    admin: bool = False
+
+    @property
+    def scope(self) -> str:
+        """The tenant whose references this caller sees (``ANY_TENANT`` for an admin)."""
+        return ANY_TENANT if self.admin else self.tenant
+
+
+# Keys off: one caller, the default tenant, that sees every reference (as before tenants existed,
+# references stored then included).
+UNGUARDED = Principal(DEFAULT_TENANT, admin=True)
+
+
+def digest(key: bytes) -> bytes:
+    """What is kept of a key."""
+    return hashlib.sha256(key).digest()
+
+
+def _entry(tenant: str, key: str, admin: bool, where: str) -> tuple[bytes, Principal]:
+    if not TENANT_ID.fullmatch(tenant):
+        raise ConfigurationError(f"{where}: tenant id {tenant!r} must match {TENANT_ID.pattern}")
+    if not key:
+        raise ConfigurationError(f"{where}: empty API key")
+    return digest(key.encode()), Principal(tenant, admin)
+
+
+def parse_setting(keys: list[str]) -> list[tuple[bytes, Principal]]:
+    """``INSID3_API_KEYS`` entries: ``KEY`` (default tenant) or ``TENANT:KEY``."""
+    entries = []
+    for item in keys:
+        tenant, sep, key = item.partition(":")
+        entries.append(_entry(tenant, key, False, "INSID3_API_KEYS") if sep
+                       else _entry(DEFAULT_TENANT, item, False, "INSID3_API_KEYS"))
+    return entries
+
+
+def parse_file(text: str, path: Path) -> list[tuple[bytes, Principal]]:
+    """Lines ``TENANT KEY [admin]``; blank lines and ``#`` comments are skipped."""
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        where = f"{path.name} line {number}"
+        if len(fields) not in (2, 3) or (len(fields) == 3 and fields[2] != "admin"):
+            raise ConfigurationError(f"{where}: expected 'TENANT KEY [admin]'")
+        entries.append(_entry(fields[0], fields[1], len(fields) == 3, where))
+    return entries
+
+
+class KeyRing:
+    """The digests of every valid key and the principal each stands for."""
+
+    def __init__(self, keys: list[str], path: Path | None) -> None:
+        self._fixed = parse_setting(keys)
+        self._path = path
+        self._stamp: tuple[int, int] | None = None
+        self._checked = time.monotonic()
+        self._from_file: list[tuple[bytes, Principal]] = []
+        if path is not None:
+            self._from_file, self._stamp = self._read(path)
+        self.enabled = bool(self._fixed or path is not None)
+
+    @classmethod
+    def of(cls, settings: Settings) -> KeyRing:
+        return cls(settings.api_keys, settings.api_keys_file)
+
+    @staticmethod
+    def _read(path: Path) -> tuple[list[tuple[bytes, Principal]], tuple[int, int]]:
+        try:
+            stat = path.stat()
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the API key file {path}: {exc.strerror}") from None
+        return parse_file(text, path), (stat.st_mtime_ns, stat.st_size)
+
+    def reload(self) -> None:
+        """Re-read the key file; on an error the previous keys stay (and it is logged)."""
+        if self._path is None:
+            return
+        try:
+            entries, stamp = self._read(self._path)
+        except ConfigurationError as exc:
+            log.error("kept the previous API keys: %s", exc.detail)
+            return
+        self._from_file, self._stamp = entries, stamp
+        log.info("API keys reloaded from %s: %d keys", self._path, len(entries))
+
+    def _reload_if_changed(self) -> None:
+        now = time.monotonic()
+        if self._path is None or now - self._checked < RELOAD_CHECK_S:
+            return
+        self._checked = now
+        try:
+            stat = self._path.stat()
+        except OSError:
+            return
+        if (stat.st_mtime_ns, stat.st_size) != self._stamp:
+            self.reload()
+
+    def principal(self, key: bytes | None) -> Principal | None:
+        """Who ``key`` (the raw header value) belongs to, or None. Every digest is compared."""
+        if not self.enabled:
+            return UNGUARDED
+        if not key:
+            return None
+        self._reload_if_changed()
+        presented = digest(key)
+        found = None
+        for known, principal in [*self._fixed, *self._from_file]:
+            if hmac.compare_digest(presented, known):
+                found = principal
+        return found
+
+
+class AuthMiddleware:
+    """401 (JSON) for a protected path without a valid key, from the headers alone; else the
+    caller's ``Principal`` is put in the ASGI scope for ``TenantDep``."""
+
+    def __init__(self, app: ASGIApp, keyring: KeyRing, settings: Settings) -> None:
+        self.app = app
+        self.keyring = keyring
+        self.settings = settings
+
+    def _public(self, path: str) -> bool:
+        if path in PUBLIC_PATHS or path.startswith("/static/"):
+            return True
+        if path == "/metrics":
+            return self.settings.metrics_auth == "public"
+        return path in DOCS_PATHS and self.settings.docs == "public"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keyring.enabled:
+            scope[PRINCIPAL_SCOPE_KEY] = UNGUARDED
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        key = next((value for name, value in scope["headers"] if name == HEADER), None)
+        principal = self.keyring.principal(key)
+        if principal is not None:
+            scope[PRINCIPAL_SCOPE_KEY] = principal
+        if path == "/metrics" and self.settings.metrics_auth == "admin":
+            if principal is None or not principal.admin:
+                await _unauthorized(send, "an admin X-API-Key is required for /metrics (INSID3_METRICS_AUTH)")
+                return
+        elif principal is None and not self._public(path):
+            await _unauthorized(send, "a valid X-API-Key header is required")
+            return
+        await self.app(scope, receive, send)
+
+
+async def _unauthorized(send: Send, detail: str) -> None:
+    await send_json_error(send, 401, "unauthorized", detail, [(b"www-authenticate", b"X-API-Key")])
+
+
+def current_principal(request: Request) -> Principal:
+    """The caller, as resolved by ``AuthMiddleware`` (401 if it resolved none: never the default tenant)."""
+    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if not isinstance(principal, Principal):
+        raise HTTPException(401, "a valid X-API-Key header is required", headers={"WWW-Authenticate": "X-API-Key"})
+    return principal
+
+
+TenantDep = Annotated[Principal, Depends(current_principal)]
+
+
+def tenant_label(scope: Scope) -> str:
+    """The metrics label of a request's tenant (``-`` when unauthenticated); never the key."""
+    principal = scope.get(PRINCIPAL_SCOPE_KEY)
+    return principal.tenant if isinstance(principal, Principal) else "-"
