@@ -157,9 +157,10 @@ while kill -0 "$client_pid" 2>/dev/null; do
   if [[ -z $victim && -f $state/progress && $(cat "$state/progress") -ge ${SMOKE_KILL_AFTER:-20} ]]; then
     victim=$(containers --filter label=com.docker.compose.service=worker | head -n 1)
     name=$("$DOCKER" inspect -f '{{.Name}}' "$victim" | sed 's,^/,,')
-    log "docker kill $name (mid-burst, after $(cat "$state/progress") answers)"
+    kill_note="docker kill $name after $(cat "$state/progress") answers"
+    echo "$kill_note" >"$state/killed"  # from now on the client counts requests as sent after the kill
+    log "$kill_note (mid-burst)"
     "$DOCKER" kill "$victim" >/dev/null
-    echo "docker kill $name after $(cat "$state/progress") answers" >"$state/killed"
   fi
   sleep 0.2
 done
