@@ -171,13 +171,16 @@ wait "$client_pid" || client_status=$?
 echo
 echo "==== compose smoke summary ($(($(date +%s) - STARTED)) s) ===="
 echo "compose:     $COMPOSE; files docker-compose.yml + docker-compose.cpu.yml (+ the smoke's checkpoint mount)"
-echo "images:      $IMAGE $("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}')," \
-  "$REDIS_IMAGE, $PROMETHEUS_IMAGE, grafana: $grafana_note"
+size() { "$DOCKER" image inspect -f '{{.Size}}' "$1" 2>/dev/null | awk '{printf "%.2f GB", $1/1e9}'; }
+echo "images:      $IMAGE $(size "$IMAGE"), $REDIS_IMAGE $(size "$REDIS_IMAGE"), $PROMETHEUS_IMAGE" \
+  "$(size "$PROMETHEUS_IMAGE"); grafana: $grafana_note"
 echo "containers:"
 health | sed 's/^/  /'
 if [[ -n $victim ]]; then
   echo "killed:      $(cat "$state/killed") -> $("$DOCKER" inspect -f '{{.State.Status}} (exit {{.State.ExitCode}}, restarts {{.RestartCount}})' "$victim")"
 fi
+echo "queue after the burst (insid3 queue stats):"
+"$DOCKER" run --rm --network "$network" "$IMAGE" queue --redis-url redis://redis:6379/0 stats 2>&1 | sed 's/^/  /' || true
 cat "$state/checks.txt" 2>/dev/null || echo "(no checks ran)"
 if [[ -f $state/result.json ]]; then
   failed=$(grep -c '"ok": false' "$state/result.json" || true)
