@@ -1,15 +1,24 @@
-# syntax=docker/dockerfile:1.7
 # The INSID3 image: the HTTP API (`serve`, the default command) and the Redis workers (`worker`).
 #   docker build -t insid3-serve:cuda .                          CUDA (default)
 #   docker build --build-arg VARIANT=cpu -t insid3-serve:cpu .   CPU only
+# Both variants are a slim Python 3.11 base plus one torch: the CUDA variant gets PyPI's torch wheel,
+# which brings its CUDA runtime libraries as nvidia-* wheels (the host needs only the NVIDIA driver);
+# the CPU variant gets the CPU-only wheel of PyTorch's CPU index.
+#
+# Offline or behind a proxy (docs/deployment.md, "Air-gapped and proxied builds"): no `# syntax=` line,
+# so nothing is pulled for the Dockerfile frontend (BuildKit of Docker >= 20.10 builds it as is);
+# BASE_IMAGE, TORCH_INDEX_URL and pip's PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_TRUSTED_HOST are
+# build args; a CA bundle and a pip.conf (credentials stay out of the image and its history) are
+# optional BuildKit secrets:
+#   docker build --secret id=ca.crt,src=/etc/ssl/certs/ca-certificates.crt --secret id=pip.conf,src=pip.conf .
 # No weights inside: mount the official .pth files read-only at /app/pretrain (see docs/deployment.md).
 
 ARG VARIANT=cuda
-ARG CUDA_BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
-ARG CPU_BASE_IMAGE=python:3.11-slim-bookworm
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---- build: the project's pure-Python wheel (the source tree stays out of the final image)
-FROM ${CPU_BASE_IMAGE} AS build
+FROM ${BASE_IMAGE} AS build
+ARG PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app app
@@ -17,27 +26,36 @@ COPY core core
 COPY workers workers
 COPY evaluation evaluation
 COPY insid3 insid3
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=ca.crt,target=/run/secrets/ca.crt \
+    if [ -s /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi \
+ && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-# ---- runtime bases: Python 3.11 with the CUDA runtime, or plain Python 3.11
-FROM ${CUDA_BASE_IMAGE} AS runtime-cuda
-FROM ${CPU_BASE_IMAGE} AS runtime-cpu
-
-# ---- the image (runtime-${VARIANT} is a stage above, not an image to pin)
-# hadolint ignore=DL3006
-FROM runtime-${VARIANT}
+# ---- the image
+FROM ${BASE_IMAGE}
 ARG VARIANT
+# Where torch comes from: empty = PyPI's CUDA wheels (or your PIP_INDEX_URL) for cuda,
+# PyTorch's CPU index for cpu. Another CUDA build: https://download.pytorch.org/whl/cu128, ...
+ARG TORCH_INDEX_URL=
+ARG PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST
 RUN python -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, got {sys.version}"'
 
-# torch first (the big layer, cached across code changes): CUDA wheels from PyPI, or the CPU index.
-RUN case "${VARIANT}" in \
-      cuda) index=https://pypi.org/simple ;; \
-      cpu) index=https://download.pytorch.org/whl/cpu ;; \
+# torch first (the big layer, cached across code changes), then the project and its other dependencies.
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=ca.crt,target=/run/secrets/ca.crt \
+    if [ -s /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi \
+ && case "${VARIANT}" in \
+      cuda) index="${TORCH_INDEX_URL}" ;; \
+      cpu) index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" ;; \
       *) echo "VARIANT must be cuda or cpu, got '${VARIANT}'" >&2; exit 1 ;; \
     esac \
- && pip install --no-cache-dir --root-user-action=ignore --index-url "${index}" torch==2.14.1 torchvision==0.29.1
+ && if [ -n "${index}" ]; then export PIP_INDEX_URL="${index}"; fi \
+ && pip install --no-cache-dir --root-user-action=ignore torch==2.14.1 torchvision==0.29.1
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --root-user-action=ignore /wheels/*.whl
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=ca.crt,target=/run/secrets/ca.crt \
+    if [ -s /run/secrets/ca.crt ]; then export PIP_CERT=/run/secrets/ca.crt; fi \
+ && pip install --no-cache-dir --root-user-action=ignore /wheels/*.whl
 
 RUN useradd --create-home --uid 10001 --user-group insid3 \
  && mkdir -p /app/pretrain /var/cache/insid3/basis \

@@ -56,18 +56,30 @@ def healthcheck(*args: str, port: int) -> int:
                           env={"INSID3_PORT": str(port)}, capture_output=True, timeout=30).returncode
 
 
+# The compose variants: a plain `docker compose up` reads docker-compose.override.yml (the GPU
+# reservation) by itself; the CPU variant names its files, which leaves the override out.
+VARIANTS = {
+    "gpu": ("docker-compose.yml", "docker-compose.override.yml"),
+    "cpu": ("docker-compose.yml", "docker-compose.cpu.yml"),
+}
+
+
 @cache
-def compose() -> dict[str, Any]:
-    """``docker-compose config``: the validated, interpolated model with the defaults (no .env)."""
-    with tempfile.NamedTemporaryFile(suffix=".env") as no_env:
-        result = run("docker-compose", "--env-file", no_env.name, "-f", "docker-compose.yml", "config",
+def compose(variant: str = "gpu", env: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """``docker-compose config`` of a variant: the validated, interpolated model with the defaults
+    (no .env), or with the variables ``env``."""
+    with tempfile.NamedTemporaryFile("w", suffix=".env") as env_file:
+        env_file.write("".join(f"{key}={value}\n" for key, value in env))
+        env_file.flush()
+        files = [arg for path in VARIANTS[variant] for arg in ("-f", path)]
+        result = run("docker-compose", "--env-file", env_file.name, *files, "config",
                      env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")})
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
 
-def service(name: str) -> dict[str, Any]:
-    return compose()["services"][name]
+def service(name: str, variant: str = "gpu") -> dict[str, Any]:
+    return compose(variant)["services"][name]
 
 
 @dataclass(frozen=True)
@@ -81,10 +93,10 @@ class Mount:
         return self.source.startswith("/")
 
 
-def mounts(service_name: str) -> list[Mount]:
+def mounts(service_name: str, variant: str = "gpu") -> list[Mount]:
     """The service's volumes, from the short syntax (docker-compose 1.x) or the long one (2.x)."""
     found = []
-    for volume in service(service_name).get("volumes", []):
+    for volume in service(service_name, variant).get("volumes", []):
         if isinstance(volume, str):
             source, target, mode = [*volume.split(":"), "rw"][:3]
             found.append(Mount(source, target, mode == "ro"))
