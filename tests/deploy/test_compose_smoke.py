@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
 from tests.deploy.config import VARIANTS, run
+from tests.support.paths import REPO_ROOT
 
 SCRIPTS = ("scripts/compose-smoke.sh", "scripts/compose-standins.sh")
 
