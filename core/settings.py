@@ -33,6 +33,7 @@ class EngineSettings(BaseSettings):
     basis_cache_dir: Path = Path.home() / ".cache" / "insid3" / "basis"
     cache_bytes: int = 1 << 30  # in-process LRU of reference features
     max_pixels: int = 64_000_000  # decoded pixel limit per image (decompression bombs)
+    runtime: str = "auto"  # encoder runtime: auto, torch, onnxruntime, openvino (core.runtimes)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, names: Iterable[str]) -> Self:
@@ -57,4 +58,5 @@ class EngineSettings(BaseSettings):
             "basis_cache_dir": self.basis_cache_dir,
             "cache_bytes": self.cache_bytes,
             "max_pixels": self.max_pixels,
+            "runtime": self.runtime,
         }
