@@ -16,6 +16,7 @@ from core.errors import Insid3Error
 
 COMMAND_MODULES = (
     "core.commands",
+    "core.export",
     "app.commands",
     "workers.commands",
     "evaluation.commands",
