@@ -21,6 +21,7 @@ import importlib.metadata
 import io
 import json
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -111,8 +112,8 @@ def _quiet(*logger_names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def load_session(name: str, onnx: bytes | str, threads: int, cache_dir: Path | None = None) -> Encoder:
-    """An encoder running ONNX model bytes (or a path) under ONNX Runtime or OpenVINO on the CPU."""
+def load_session(name: str, onnx: str, threads: int, cache_dir: Path | None = None) -> Encoder:
+    """An encoder running an ONNX file under ONNX Runtime or OpenVINO on the CPU."""
     if name == "onnxruntime":
         import onnxruntime
 
@@ -129,7 +130,7 @@ def load_session(name: str, onnx: bytes | str, threads: int, cache_dir: Path | N
         config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir / "openvino")  # OpenVINO's own compiled-blob cache
-        compiled = core.compile_model(core.read_model(onnx), "CPU", config)
+        compiled = core.compile_model(onnx, "CPU", config)  # from a path: a cached blob skips reading the model
         request = compiled.create_infer_request()
         return lambda images: torch.from_numpy(request.infer({0: _numpy(images)})[0].copy())
     raise ConfigurationError(f"unknown runtime {name!r}; choose {', '.join(RUNTIME_CHOICES)}")
@@ -163,6 +164,17 @@ def _write_atomic(path: Path, data: bytes) -> None:
     Path(handle.name).replace(path)
 
 
+def _writable(folder: Path | None) -> bool:
+    """Whether ``folder`` exists (or can be made) and can be written to."""
+    if folder is None:
+        return False
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         value = json.loads(path.read_text())
@@ -171,38 +183,42 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def cached_export(model: torch.nn.Module, key: ExportKey, cache_dir: Path | None) -> bytes:
-    """The ONNX bytes of ``model`` at ``key``: from the cache if intact, else exported (and cached)."""
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_export(model: torch.nn.Module, key: ExportKey, cache_dir: Path) -> tuple[Path, str]:
+    """The ONNX file of ``model`` at ``key`` in ``cache_dir`` and its sha256: reused if intact, else exported."""
     digest = key.digest()
-    model_path = cache_dir / f"encoder-{digest}.onnx" if cache_dir else None
-    meta_path = cache_dir / f"encoder-{digest}.json" if cache_dir else None
-    if model_path is not None and meta_path is not None:
-        meta = _read_json(meta_path)
-        try:
-            data = model_path.read_bytes() if meta else b""
-        except OSError:
-            data = b""
-        if meta and meta.get("key") == digest and hashlib.sha256(data).hexdigest() == meta.get("sha256"):
-            return data
-        if meta is not None or model_path.exists():
-            log.warning("rebuilding the encoder export %s: missing, corrupt or stale", model_path)
+    model_path, meta_path = cache_dir / f"encoder-{digest}.onnx", cache_dir / f"encoder-{digest}.json"
+    meta = _read_json(meta_path)
+    if meta and meta.get("key") == digest and model_path.is_file():
+        sha256 = file_sha256(model_path)
+        if sha256 == meta.get("sha256"):
+            return model_path, sha256
+    if meta is not None or model_path.exists():
+        log.warning("rebuilding the encoder export %s: missing, corrupt or stale", model_path)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        exported = Path(scratch) / "encoder.onnx"
-        export_onnx(model, exported, key.image_size, opset=key.opset)
-        data = exported.read_bytes()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as handle:
+        scratch = Path(handle.name)
+    try:
+        export_onnx(model, scratch, key.image_size, opset=key.opset)
+        sha256 = file_sha256(scratch)
+        scratch.replace(model_path)  # atomic: readers see the old file or the whole new one
+    finally:
+        scratch.unlink(missing_ok=True)
     log.info("exported the encoder to ONNX (opset %d) in %.1f s", key.opset, time.perf_counter() - start)
-    if model_path is not None and meta_path is not None:
-        try:
-            _write_atomic(model_path, data)
-            _write_atomic(meta_path, json.dumps({
-                "key": digest, "sha256": hashlib.sha256(data).hexdigest(), "weights_id": key.weights_id,
-                "image_size": key.image_size, "opset": key.opset, "torch": torch.__version__,
-                "exporter": EXPORTER_VERSION,
-            }).encode())
-        except OSError as exc:
-            log.warning("could not cache the encoder export in %s: %s", cache_dir, exc)
-    return data
+    _write_atomic(meta_path, json.dumps({
+        "key": digest, "sha256": sha256, "weights_id": key.weights_id, "image_size": key.image_size,
+        "opset": key.opset, "torch": torch.__version__, "exporter": EXPORTER_VERSION,
+    }).encode())
+    return model_path, sha256
 
 
 def probe_parity(name: str, session: Encoder, torch_encoder: Encoder, image_size: int,
@@ -265,12 +281,15 @@ def choose_encoder(runtime: str, backbone: LoadedBackbone, torch_encoder: Encode
                    dtype: torch.dtype, image_size: int, cache_dir: Path | None) -> ChosenEncoder:
     """The encoder of ``runtime`` (``auto``: the first candidate that exports and passes its probe, else torch)."""
     threads = torch.get_num_threads()
+    cache_dir = cache_dir if _writable(cache_dir) else None
     for name in candidates(runtime, device, dtype, backbone):
         try:
-            data = cached_export(backbone.model, ExportKey(backbone.weights_id, image_size, OPSETS[name]), cache_dir)
-            session = load_session(name, data, threads, cache_dir)
-            max_abs = probe_parity(name, session, torch_encoder, image_size, hashlib.sha256(data).hexdigest(),
-                                   cache_dir)
+            with contextlib.ExitStack() as stack:  # no cache: export to a folder removed once loaded
+                folder = cache_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                key = ExportKey(backbone.weights_id, image_size, OPSETS[name])
+                path, sha256 = cached_export(backbone.model, key, folder)
+                session = load_session(name, str(path), threads, cache_dir)
+            max_abs = probe_parity(name, session, torch_encoder, image_size, sha256, cache_dir)
             if max_abs > PROBE_TOLERANCE:
                 raise ConfigurationError(f"runtime {name!r} differs from torch by {max_abs:.3g} > {PROBE_TOLERANCE:g}")
             return ChosenEncoder(name, runtime_version(name) or "", session)
