@@ -66,7 +66,42 @@ def _official_style(engine, refs, target, tau: float = 0.6) -> None:
     pipeline.upsample_mask(trace.mask, engine.image_size, engine.image_size)
 
 
-def _measure(mode: str, weights: str, image_size: int, shots: int, repeats: int, cache: str, queue) -> None:
+def _inputs(image_size: int, shots: int, repeats: int):
+    refs = [_scene(seed) for seed in range(shots)]
+    # Targets: the first reference's scene moved and re-noised, so that candidates (and clustering) occur.
+    rng = np.random.default_rng(1)
+    targets = [np.clip(np.roll(refs[0][0], 40 * (i + 1), axis=1).astype(int) + rng.integers(-20, 20, refs[0][0].shape),
+                       0, 255).astype(np.uint8) for i in range(repeats + 1)]
+    return refs, targets
+
+
+def _end_to_end(weights: str, image_size: int, shots: int, names: list[str], repeats: int, cache: str,
+                queue) -> None:
+    """Median latency per target: the official-style call and each runtime's engine, interleaved per target."""
+    import torch
+
+    from core.engine import Insid3
+
+    torch.set_num_threads(2)
+    engines = {name: Insid3.build(model_size="small", weights=weights, image_size=image_size, device="cpu",
+                                  basis_cache_dir=cache, runtime=name) for name in dict.fromkeys(["torch", *names])}
+    refs, targets = _inputs(image_size, shots, repeats)
+    calls = {"official": lambda target: _official_style(engines["torch"], refs, target)}
+    for name in names:
+        references = [engines[name].encode_reference(image, mask) for image, mask in refs]  # cached once
+        calls[name] = lambda target, e=engines[name], r=references: e.segment(target, r)
+    times: dict[str, list[float]] = {mode: [] for mode in calls}
+    for index, target in enumerate(targets):
+        for mode, call in calls.items():
+            start = time.perf_counter()
+            call(target)
+            if index:  # the first target warms up
+                times[mode].append(time.perf_counter() - start)
+    queue.put({mode: statistics.median(values) for mode, values in times.items()})
+
+
+def _memory(mode: str, weights: str, image_size: int, cache: str, queue) -> None:
+    """Warm build time and peak RSS of a process that builds one engine and segments a few targets."""
     import torch
 
     from core.engine import Insid3
@@ -76,23 +111,13 @@ def _measure(mode: str, weights: str, image_size: int, shots: int, repeats: int,
     engine = Insid3.build(model_size="small", weights=weights, image_size=image_size, device="cpu",
                           basis_cache_dir=cache, runtime="torch" if mode == "official" else mode)
     build_s = time.perf_counter() - start
-    refs = [_scene(seed) for seed in range(shots)]
-    # Targets: the first reference's scene moved and re-noised, so that candidates (and clustering) occur.
-    rng = np.random.default_rng(1)
-    targets = [np.clip(np.roll(refs[0][0], 40 * (i + 1), axis=1).astype(int) + rng.integers(-20, 20, refs[0][0].shape),
-                       0, 255).astype(np.uint8) for i in range(repeats + 1)]
-    if mode != "official":
-        references = [engine.encode_reference(image, mask) for image, mask in refs]  # cached once
-        run = lambda target: engine.segment(target, references)  # noqa: E731
-    else:
-        run = lambda target: _official_style(engine, refs, target)  # noqa: E731
-    run(targets[0])  # warm-up
-    times = []
-    for target in targets[1:]:
-        start = time.perf_counter()
-        run(target)
-        times.append(time.perf_counter() - start)
-    queue.put((statistics.median(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, build_s))
+    refs, targets = _inputs(image_size, 1, 1)
+    for target in targets:
+        if mode == "official":
+            _official_style(engine, refs, target)
+        else:
+            engine.segment(target, [engine.encode_reference(*refs[0])])
+    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, build_s))
 
 
 def _in_child(function, *args: object):
@@ -158,7 +183,7 @@ def _encoders(weights: str, image_size: int, runtime_names: list[str], repeats: 
         start = time.perf_counter()
         engines[name] = Insid3.build(model_size="small", weights=weights, image_size=image_size, device="cpu",
                                      basis_cache_dir=cache, runtime=name)
-        print(f"  built {name} at {image_size} in {time.perf_counter() - start:.1f} s (cold: export + probe)",
+        print(f"  built {name} at {image_size} in {time.perf_counter() - start:.1f} s (cold caches)",
               flush=True)
     images = torch.randn(1, 3, image_size, image_size)
     reference = engines["torch"].encode_tensor(images)
@@ -274,17 +299,20 @@ def main() -> None:
         for name, (seconds, max_abs, attention) in results.items():
             print(f"{size:>5} {name:>12} {seconds * 1000:>7.0f} ms {torch_s / seconds:>5.2f}x  max-abs {max_abs:.1e}  "
                   f"attention: {attention}", flush=True)
-    print("\nend to end, median latency per target; the engine processes start warm (cached export and basis)")
-    print(f"{'size':>5} {'shots':>5} {'runtime':>12} {'official-style':>15} {'engine+cache':>13} {'speed-up':>9} "
-          f"{'RSS official':>13} {'RSS engine':>11} {'warm build':>11}")
+    print("\nend to end, median latency per target, all interleaved in one process; the engines start warm")
+    print(f"{'size':>5} {'shots':>5} {'official-style':>15}" + "".join(f"{name:>24}" for name in names))
     for size in args.sizes:
         for shots in args.shots:
-            official, official_rss, _ = _in_child(_measure, "official", weights, size, shots, args.repeats, cache)
-            for name in names:
-                engine, engine_rss, build_s = _in_child(_measure, name, weights, size, shots, args.repeats, cache)
-                print(f"{size:>5} {shots:>5} {name:>12} {official * 1000:>12.0f} ms {engine * 1000:>10.0f} ms "
-                      f"{official / engine:>8.2f}x {official_rss:>10.0f} MB {engine_rss:>8.0f} MB {build_s:>9.2f} s",
-                      flush=True)
+            medians = _in_child(_end_to_end, weights, size, shots, names, args.repeats, cache)
+            print(f"{size:>5} {shots:>5} {medians['official'] * 1000:>12.0f} ms" + "".join(
+                f"{medians[name] * 1000:>12.0f} ms {medians['official'] / medians[name]:>6.2f}x" for name in names),
+                flush=True)
+    print("\npeak RSS of a process that builds one engine (warm caches) and segments 2 targets; warm build time")
+    for size in args.sizes:
+        rows = {mode: _in_child(_memory, mode, weights, size, cache) for mode in ["official", *names]}
+        base = rows["torch"][0] if "torch" in rows else float("nan")
+        print(f"{size:>5} " + "  ".join(f"{mode} {rss:.0f} MB ({rss / base - 1:+.0%} vs torch, build {build_s:.1f} s)"
+                                         for mode, (rss, build_s) in rows.items()), flush=True)
     if args.mask_scenes and exported:
         report = _in_child(_masks, weights, args.mask_size, exported, args.mask_scenes, cache)
         for name, rows in report.items():
