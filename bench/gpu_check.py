@@ -48,6 +48,7 @@ from core.parity import BACKBONE_TOLERANCE, _backbone_model, same_partition  # n
 class Plan:
     """How big each section is."""
 
+    parity_inputs: tuple[str, ...]  # inputs of shared/parity/backbone/inputs.npz
     model_size: str
     image_size: int
     mask_model: str
@@ -55,13 +56,15 @@ class Plan:
     scenes: int
     cluster_sizes: tuple[int, ...]  # image sizes: N = (size / 16)^2 patches
     batches: tuple[int, ...]
+    repeats: int  # encoder passes timed per batch size
     targets: int
     clients: int
     seconds: float
 
 
-FULL = Plan("large", 1024, "large", 512, 50, (512, 1024), (1, 4, 8), 32, 16, 30.0)
-QUICK = Plan("tiny", 128, "tiny", 128, 3, (128, 256), (1, 2), 4, 4, 2.0)
+FULL = Plan(("x224", "x320x256", "x512", "xconst512"), "large", 1024, "large", 512, 50, (512, 1024), (1, 4, 8),
+            5, 32, 16, 30.0)
+QUICK = Plan(("x224",), "tiny", 128, "tiny", 128, 2, (128, 256), (1, 2), 1, 2, 2, 1.0)
 
 
 def sync(device: torch.device) -> None:
@@ -74,7 +77,7 @@ def last_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)[0]
 
 
-def backbone_parity(device: torch.device, parity_dir: Path) -> dict[str, object]:
+def backbone_parity(device: torch.device, parity_dir: Path, names: tuple[str, ...]) -> dict[str, object]:
     """Last-layer features of the shrunk parity backbones on ``device`` vs the CPU and the official golden data."""
     folder = parity_dir / "backbone"
     inputs = np.load(folder / "inputs.npz")
@@ -82,7 +85,7 @@ def backbone_parity(device: torch.device, parity_dir: Path) -> dict[str, object]
     for config in ("vits16", "vits16plus"):
         expected = np.load(folder / f"expected_{config}.npz")
         model = _backbone_model(folder, config)
-        for name in inputs.files:
+        for name in names:
             x = torch.from_numpy(inputs[name])
             cpu = last_layer(model, x)
             on_device = last_layer(model.to(device), x.to(device)).cpu()
@@ -143,26 +146,25 @@ def clustering_kernel(engine: Insid3, device: torch.device, sizes: tuple[int, ..
     return {"rows": rows, "ok": all(row["identical"] for row in rows)}
 
 
-def throughput(engine: Insid3, device: torch.device, batches: tuple[int, ...], targets: int) -> dict[str, object]:
+def throughput(engine: Insid3, plan: Plan) -> dict[str, object]:
     """Encoder images/s per batch size, and end-to-end 1-shot targets/s with a cached reference."""
     size = engine.image_size
     encoder = {}
-    for batch in batches:
+    for batch in plan.batches:
         images = torch.randn(batch, 3, size, size)
         engine.encode_tensor(images)  # warm-up (kernels, autotuning)
         start = time.perf_counter()
-        repeats = 3
-        for _ in range(repeats):
+        for _ in range(plan.repeats):
             engine.encode_tensor(images)
-        encoder[batch] = batch * repeats / (time.perf_counter() - start)
+        encoder[batch] = batch * plan.repeats / (time.perf_counter() - start)
     image, mask, target = scene(1)
     reference = engine.encode_reference(image, mask)
-    shots = [np.roll(target, 8 * i, axis=1) for i in range(targets)]
+    shots = [np.roll(target, 8 * i, axis=1) for i in range(plan.targets)]
     engine.segment_batch(shots[:2], [reference])
     start = time.perf_counter()
     engine.segment_batch(shots, [reference])
     return {"image_size": size, "encoder_images_per_s": encoder,
-            "end_to_end_targets_per_s": targets / (time.perf_counter() - start)}
+            "end_to_end_targets_per_s": plan.targets / (time.perf_counter() - start)}
 
 
 def serve(weights: Path, plan: Plan, device: str) -> dict[str, object]:
@@ -171,7 +173,8 @@ def serve(weights: Path, plan: Plan, device: str) -> dict[str, object]:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "INSID3_BASIS_CACHE_DIR": tempfile.mkdtemp(), "INSID3_MAX_QUEUE": "256"}
+    env = {**os.environ, "INSID3_BASIS_CACHE_DIR": tempfile.mkdtemp(), "INSID3_MAX_QUEUE": "256",
+           "INSID3_RUNTIME": "torch"}  # what auto picks on CUDA; on the CPU it skips the export
     command = [sys.executable, "-m", "core.cli", "serve", "--model-size", plan.model_size, "--weights", str(weights),
                "--image-size", str(plan.image_size), "--device", device, "--port", str(port)]
     with tempfile.TemporaryFile() as log:
@@ -281,14 +284,20 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, object] = {
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "plan": "quick" if args.quick else "full", "torch": torch.__version__,
-        "backbone_parity": backbone_parity(device, args.parity_dir),
+        "plan": "quick" if args.quick else "full", "torch": torch.__version__, "section_seconds": {},
     }
-    report["bf16_masks"] = bf16_masks({p: build(plan.mask_model, mask_weights, plan.mask_size, p)
-                                       for p in ("fp32", "bf16")}, plan.scenes)
+
+    def section(name: str, function, *section_args: object) -> None:
+        start = time.perf_counter()
+        report[name] = function(*section_args)
+        report["section_seconds"][name] = round(time.perf_counter() - start, 1)
+
+    section("backbone_parity", backbone_parity, device, args.parity_dir, plan.parity_inputs)
+    section("bf16_masks", lambda: bf16_masks({p: build(plan.mask_model, mask_weights, plan.mask_size, p)
+                                              for p in ("fp32", "bf16")}, plan.scenes))
     engine = build(plan.model_size, weights, plan.image_size, "auto")
-    report["clustering"] = clustering_kernel(engine, device, plan.cluster_sizes)
-    report["throughput"] = throughput(engine, device, plan.batches, plan.targets)
+    section("clustering", clustering_kernel, engine, device, plan.cluster_sizes)
+    section("throughput", throughput, engine, plan)
     del engine
     if device.type == "cuda":
         report["peak_memory_mb"], report["peak_memory_kind"] = torch.cuda.max_memory_allocated(device) / 2**20, "gpu"
@@ -296,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         report["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         report["peak_memory_kind"] = "process RSS"
-    report["serve"] = serve(weights, plan, args.device)
+    section("serve", serve, weights, plan, args.device)
     report["seconds"] = time.perf_counter() - started
     report["ok"] = all(report[name]["ok"] for name in ("backbone_parity", "clustering", "serve"))
     text = json.dumps(report, indent=2, default=str)
