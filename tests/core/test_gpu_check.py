@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_on_the_cpu_in_quick_mode(parity_dir: Path, tmp_path: Path) -> None:
     completed = subprocess.run(
         [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--quick", "--parity-dir", str(parity_dir),
