@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -132,7 +133,13 @@ def load_session(name: str, onnx: str, threads: int, cache_dir: Path | None = No
             config["CACHE_DIR"] = str(cache_dir / "openvino")  # OpenVINO's own compiled-blob cache
         compiled = core.compile_model(onnx, "CPU", config)  # from a path: a cached blob skips reading the model
         request = compiled.create_infer_request()
-        return lambda images: torch.from_numpy(request.infer({0: _numpy(images)})[0].copy())
+        lock = threading.Lock()  # an infer request is not thread-safe; ONNX Runtime's session is
+
+        def infer(images: torch.Tensor) -> torch.Tensor:
+            with lock:
+                return torch.from_numpy(request.infer({0: _numpy(images)})[0].copy())
+
+        return infer
     raise ConfigurationError(f"unknown runtime {name!r}; choose {', '.join(RUNTIME_CHOICES)}")
 
 
