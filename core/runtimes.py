@@ -122,6 +122,7 @@ def load_session(name: str, onnx: str, threads: int, cache_dir: Path | None = No
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        options.enable_cpu_mem_arena = False  # the arena would keep the 4096-token attention peak resident
         session = onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
         return lambda images: torch.from_numpy(session.run(None, {"pixels": _numpy(images)})[0])
     if name == "openvino":
