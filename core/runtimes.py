@@ -123,6 +123,7 @@ def load_session(name: str, onnx: str, threads: int, cache_dir: Path | None = No
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         options.enable_cpu_mem_arena = False  # the arena would keep the 4096-token attention peak resident
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to clustering
         session = onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
         return lambda images: torch.from_numpy(session.run(None, {"pixels": _numpy(images)})[0])
     if name == "openvino":
