@@ -2,13 +2,17 @@
 
 (a) official-style: every call encodes the references and the target together (one batch, like
     ``INSID3.predict_mask``) and clusters with sklearn;
-(b) this engine: references encoded once (cached), each target encoded alone, fast clustering.
-Both use the same random ViT-S/16 checkpoint (real weights cannot be downloaded here) on the CPU.
-Each configuration runs in its own process so that peak RSS is its own. Also compares clustering
-at N = 4096 patches (image size 1024) against sklearn, with identical partitions, and one
-batched encoder call against a loop of single-image calls.
+(b) this engine: references encoded once (cached), each target encoded alone, fast clustering,
+    once per encoder runtime (``--runtime``: torch, onnxruntime, openvino).
+All use the same random ViT-S/16 checkpoint (real weights cannot be downloaded here) on the CPU.
+Each configuration runs in its own process so that peak RSS is its own; the runtimes' exports are
+made first (in their own process) so the engine processes start warm, and their build time is a
+warm restart. Also: the encoder alone per runtime, timed interleaved with torch eager (with what
+each runtime did with attention); masks of each runtime against torch's on random scenes;
+clustering at N = 4096 against sklearn; one batched encoder call against a loop of single calls.
 
-    .venv/bin/python bench/bench_core.py [--sizes 512 1024] [--shots 1 5] [--repeats 3]
+    .venv/bin/python bench/bench_core.py [--runtime torch onnxruntime openvino] [--sizes 512 1024]
+        [--shots 1 5] [--repeats 3] [--mask-scenes 50]
 """
 
 from __future__ import annotations
@@ -62,41 +66,160 @@ def _official_style(engine, refs, target, tau: float = 0.6) -> None:
     pipeline.upsample_mask(trace.mask, engine.image_size, engine.image_size)
 
 
-def _measure(mode: str, weights: str, image_size: int, shots: int, repeats: int, queue) -> None:
-    import torch
-
-    from core.engine import Insid3
-
-    torch.set_num_threads(2)
-    engine = Insid3.build(model_size="small", weights=weights, image_size=image_size, device="cpu",
-                          basis_cache_dir=tempfile.mkdtemp())
+def _inputs(image_size: int, shots: int, repeats: int):
     refs = [_scene(seed) for seed in range(shots)]
     # Targets: the first reference's scene moved and re-noised, so that candidates (and clustering) occur.
     rng = np.random.default_rng(1)
     targets = [np.clip(np.roll(refs[0][0], 40 * (i + 1), axis=1).astype(int) + rng.integers(-20, 20, refs[0][0].shape),
                        0, 255).astype(np.uint8) for i in range(repeats + 1)]
-    if mode == "engine":
-        references = [engine.encode_reference(image, mask) for image, mask in refs]  # cached once
-        run = lambda target: engine.segment(target, references)  # noqa: E731
-    else:
-        run = lambda target: _official_style(engine, refs, target)  # noqa: E731
-    run(targets[0])  # warm-up
-    times = []
-    for target in targets[1:]:
-        start = time.perf_counter()
-        run(target)
-        times.append(time.perf_counter() - start)
-    queue.put((statistics.median(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    return refs, targets
 
 
-def _in_child(*args: object) -> tuple[float, float]:
+def _end_to_end(weights: str, image_size: int, shots: int, names: list[str], repeats: int, cache: str,
+                queue) -> None:
+    """Median latency per target: the official-style call and each runtime's engine, interleaved per target."""
+    import torch
+
+    from core.engine import Insid3
+
+    torch.set_num_threads(2)
+    engines = {name: Insid3.build(model_size="small", weights=weights, image_size=image_size, device="cpu",
+                                  basis_cache_dir=cache, runtime=name) for name in dict.fromkeys(["torch", *names])}
+    refs, targets = _inputs(image_size, shots, repeats)
+    calls = {"official": lambda target: _official_style(engines["torch"], refs, target)}
+    for name in names:
+        references = [engines[name].encode_reference(image, mask) for image, mask in refs]  # cached once
+        calls[name] = lambda target, e=engines[name], r=references: e.segment(target, r)
+    times: dict[str, list[float]] = {mode: [] for mode in calls}
+    for index, target in enumerate(targets):
+        for mode, call in calls.items():
+            start = time.perf_counter()
+            call(target)
+            if index:  # the first target warms up
+                times[mode].append(time.perf_counter() - start)
+    queue.put({mode: statistics.median(values) for mode, values in times.items()})
+
+
+def _memory(mode: str, weights: str, image_size: int, cache: str, queue) -> None:
+    """Warm build time and peak RSS of a process that builds one engine and segments a few targets."""
+    import torch
+
+    from core.engine import Insid3
+
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    engine = Insid3.build(model_size="small", weights=weights, image_size=image_size, device="cpu",
+                          basis_cache_dir=cache, runtime="torch" if mode == "official" else mode)
+    build_s = time.perf_counter() - start
+    refs, targets = _inputs(image_size, 1, 1)
+    for target in targets:
+        if mode == "official":
+            _official_style(engine, refs, target)
+        else:
+            engine.segment(target, [engine.encode_reference(*refs[0])])
+    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, build_s))
+
+
+def _in_child(function, *args: object):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_measure, args=(*args, queue))
+    process = context.Process(target=function, args=(*args, queue))
     process.start()
     result = queue.get()
     process.join()
     return result
+
+
+def _export_of(cache: str, opset: int) -> Path:
+    """The cached ONNX export of one opset."""
+    import json
+
+    for meta in Path(cache).glob("encoders/encoder-*.json"):
+        if json.loads(meta.read_text())["opset"] == opset:
+            return meta.with_suffix(".onnx")
+    raise FileNotFoundError(f"no opset {opset} export in {cache}")
+
+
+def _attention(name: str, cache: str) -> str:
+    """What a runtime runs for attention: op counts of the graph after its own optimisations."""
+    from collections import Counter
+
+    from core.runtimes import OPSETS
+
+    if name == "torch":
+        return "F.scaled_dot_product_attention (fused kernel)"
+    path = _export_of(cache, OPSETS[name])
+    if name == "onnxruntime":
+        import onnx
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        optimized = str(path.with_suffix(".optimized.onnx"))
+        options.optimized_model_filepath = optimized
+        onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        ops = Counter(node.op_type for node in onnx.load(optimized).graph.node)
+        Path(optimized).unlink()
+        return f"opset 23 graph; after ORT optimisation: {ops['Attention']} Attention, {ops['Softmax']} Softmax, " \
+               f"{ops['MatMul']} MatMul"
+    import openvino
+
+    core = openvino.Core()
+    layers = Counter(op.get_rt_info()["layerType"].astype(str)
+                     for op in core.compile_model(core.read_model(str(path)), "CPU").get_runtime_model().get_ops())
+    fused = {k: v for k, v in layers.items() if k in ("ScaledDotProductAttention", "Subgraph", "MHA")}
+    return f"opset 18 graph (MatMul+Softmax); CPU plugin runs: {fused or 'no fused attention'}, " \
+           f"{layers['Softmax']} Softmax, {layers['MatMul']} MatMul"
+
+
+def _encoders(weights: str, image_size: int, runtime_names: list[str], repeats: int, cache: str, queue) -> None:
+    """The encoder alone per runtime, interleaved with torch eager; exports land in ``cache``."""
+    import torch
+
+    from core.engine import Insid3
+
+    torch.set_num_threads(2)
+    engines = {}
+    for name in ["torch", *runtime_names]:
+        start = time.perf_counter()
+        engines[name] = Insid3.build(model_size="small", weights=weights, image_size=image_size, device="cpu",
+                                     basis_cache_dir=cache, runtime=name)
+        print(f"  built {name} at {image_size} in {time.perf_counter() - start:.1f} s (cold caches)",
+              flush=True)
+    images = torch.randn(1, 3, image_size, image_size)
+    reference = engines["torch"].encode_tensor(images)
+    max_abs = {name: float((engine.encode_tensor(images) - reference).abs().max()) for name, engine in engines.items()}
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(repeats):
+        for name, engine in engines.items():
+            start = time.perf_counter()
+            engine.encode_tensor(images)
+            times[name].append(time.perf_counter() - start)
+    queue.put({name: (statistics.median(times[name]), max_abs[name], _attention(name, cache)) for name in engines})
+
+
+def _masks(weights: str, image_size: int, runtime_names: list[str], count: int, cache: str, queue) -> None:
+    """Masks of each runtime against torch's on ``count`` random 1-shot scenes."""
+    import torch
+
+    from core.engine import Insid3
+
+    torch.set_num_threads(2)
+    engines = {name: Insid3.build(model_size="small", weights=weights, image_size=image_size, device="cpu",
+                                  basis_cache_dir=cache, runtime=name) for name in ["torch", *runtime_names]}
+    report: dict[str, list[tuple[int, float]]] = {name: [] for name in runtime_names}
+    for seed in range(count):
+        rng = np.random.default_rng(seed)
+        image, mask = _scene(seed % 8, size=int(rng.integers(320, 800)))  # seeds 0..7 keep the disc in view
+        target = np.clip(np.roll(image, int(rng.integers(-80, 80)), axis=1).astype(int)
+                         + rng.integers(-30, 30, image.shape), 0, 255).astype(np.uint8)
+        expected = engines["torch"].segment(target, [engines["torch"].encode_reference(image, mask)]).mask
+        expected_features = engines["torch"].encode_images([target])[0].features
+        for name in runtime_names:
+            engine = engines[name]
+            actual = engine.segment(target, [engine.encode_reference(image, mask)]).mask
+            features = engine.encode_images([target])[0].features
+            report[name].append((int((actual != expected).sum()), float((features - expected_features).abs().max())))
+    queue.put(report)
 
 
 def _clustering(weights: str) -> None:
@@ -149,24 +272,54 @@ def _batching(weights: str, image_size: int = 512, count: int = 4) -> None:
 
 
 def main() -> None:
+    from core.runtimes import RUNTIMES, runtime_version
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runtime", nargs="+", choices=RUNTIMES, default=None,
+                        help="engine runtimes to measure (default: torch and every installed one)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mask-scenes", type=int, default=50, help="random scenes for the mask comparison (0: skip)")
+    parser.add_argument("--mask-size", type=int, default=512)
     args = parser.parse_args()
+    names = args.runtime or [name for name in RUNTIMES if runtime_version(name)]
+    exported = [name for name in names if name != "torch"]
 
     from core.checkpoint import make_checkpoint
 
     weights = str(make_checkpoint("small", Path(tempfile.mkdtemp()) / "vits16_random.pth", seed=0))
-    print("ViT-S/16 (random weights), CPU, median latency per target; peak RSS of each process")
-    print(f"{'size':>5} {'shots':>5} {'official-style':>15} {'engine+cache':>13} {'speed-up':>9} "
-          f"{'RSS official':>13} {'RSS engine':>11}")
+    cache = tempfile.mkdtemp()
+    print("ViT-S/16 (random weights), CPU, 2 threads; runtimes: "
+          + ", ".join(f"{name} {runtime_version(name)}" for name in ["torch", *exported]))
+    print("\nencoder alone, 1 image, median of interleaved calls; features: max-abs vs torch (L2-normalised)")
+    for size in args.sizes:
+        results = _in_child(_encoders, weights, size, exported, max(args.repeats, 5), cache)
+        torch_s = results["torch"][0]
+        for name, (seconds, max_abs, attention) in results.items():
+            print(f"{size:>5} {name:>12} {seconds * 1000:>7.0f} ms {torch_s / seconds:>5.2f}x  max-abs {max_abs:.1e}  "
+                  f"attention: {attention}", flush=True)
+    print("\nend to end, median latency per target, all interleaved in one process; the engines start warm")
+    print(f"{'size':>5} {'shots':>5} {'official-style':>15}" + "".join(f"{name:>24}" for name in names))
     for size in args.sizes:
         for shots in args.shots:
-            official, official_rss = _in_child("official", weights, size, shots, args.repeats)
-            engine, engine_rss = _in_child("engine", weights, size, shots, args.repeats)
-            print(f"{size:>5} {shots:>5} {official * 1000:>12.0f} ms {engine * 1000:>10.0f} ms "
-                  f"{official / engine:>8.2f}x {official_rss:>10.0f} MB {engine_rss:>8.0f} MB", flush=True)
+            medians = _in_child(_end_to_end, weights, size, shots, names, args.repeats, cache)
+            print(f"{size:>5} {shots:>5} {medians['official'] * 1000:>12.0f} ms" + "".join(
+                f"{medians[name] * 1000:>12.0f} ms {medians['official'] / medians[name]:>6.2f}x" for name in names),
+                flush=True)
+    print("\npeak RSS of a process that builds one engine (warm caches) and segments 2 targets; warm build time")
+    for size in args.sizes:
+        rows = {mode: _in_child(_memory, mode, weights, size, cache) for mode in ["official", *names]}
+        base = rows["torch"][0] if "torch" in rows else float("nan")
+        print(f"{size:>5} " + "  ".join(f"{mode} {rss:.0f} MB ({rss / base - 1:+.0%} vs torch, build {build_s:.1f} s)"
+                                         for mode, (rss, build_s) in rows.items()), flush=True)
+    if args.mask_scenes and exported:
+        report = _in_child(_masks, weights, args.mask_size, exported, args.mask_scenes, cache)
+        for name, rows in report.items():
+            differing = [pixels for pixels, _ in rows if pixels]
+            print(f"\nmasks at {args.mask_size}, {name} vs torch: {len(rows) - len(differing)}/{len(rows)} identical"
+                  + (f"; differing scenes: {len(differing)}, at most {max(differing)} pixels" if differing else "")
+                  + f"; target features max-abs {max(diff for _, diff in rows):.1e}")
     _clustering(weights)
     _batching(weights)
 

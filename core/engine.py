@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import clustering, metrics
+from core import clustering, metrics, runtimes
 from core.backbone import LoadedBackbone, extract_features, load_backbone
 from core.cache import ReferenceCache, reference_key
 from core.debias import debias, load_or_build_basis, normalize_channels
@@ -144,6 +144,7 @@ class Insid3:
         self.dtype = dtype
         self.basis = basis.to(device)
         self.cache = cache
+        self.runtime = runtimes.ChosenEncoder("torch", torch.__version__, self.torch_features)
         metrics.track_cache(cache)
 
     @classmethod
@@ -165,8 +166,12 @@ class Insid3:
         crf: bool = False,
         encoder_batch_size: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        runtime: str = "auto",
     ) -> Insid3:
-        """Load the backbone and its positional basis; every invalid setting is a clear error."""
+        """Load the backbone, its encoder runtime and positional basis; every invalid setting is a clear error.
+
+        ``runtime``: torch, onnxruntime, openvino, or auto (see ``core.runtimes``).
+        """
         spec = get_spec(model_size)
         components = resolve_svd_components(spec, svd_components)
         if image_size < PATCH_SIZE or image_size % PATCH_SIZE:
@@ -190,10 +195,11 @@ class Insid3:
         )
         engine = cls(backbone, torch.zeros(spec.embed_dim, 0), options, resolved_device, dtype,
                      ReferenceCache(cache_bytes))
-        engine.basis = load_or_build_basis(
-            cache_dir,
-            f"{backbone.model_id}-{str(dtype).removeprefix('torch.')}",
-            image_size, components, engine.encode_tensor,
+        engine.runtime = runtimes.choose_encoder(runtime, backbone, engine.torch_features, resolved_device, dtype,
+                                                 image_size, cache_dir / "encoders" if cache_dir else None)
+        basis_tag = str(dtype).removeprefix("torch.") if engine.runtime.name == "torch" else engine.runtime.basis_tag
+        engine.basis = load_or_build_basis(  # through the runtime whose features it debiases
+            cache_dir, f"{backbone.model_id}-{basis_tag}", image_size, components, engine.encode_tensor,
         ).to(resolved_device)
         return engine
 
@@ -211,20 +217,24 @@ class Insid3:
     # ------------------------------------------------------------------------------- encoding
 
     @torch.inference_mode()
+    def torch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw backbone features through torch (autocast below fp32), the reference runtime."""
+        images = images.to(self.device, non_blocking=True)
+        if self.dtype == torch.float32:
+            return extract_features(self.backbone.model, images)
+        with torch.autocast(device_type=self.device.type, dtype=self.dtype):
+            return extract_features(self.backbone.model, images)
+
+    @torch.inference_mode()
     def encode_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features of preprocessed (B, 3, S, S) images, L2-normalised, float32, on device."""
         start = time.perf_counter()
-        images = images.to(self.device, non_blocking=True)
-        if self.dtype == torch.float32:
-            features = extract_features(self.backbone.model, images)
-        else:
-            with torch.autocast(device_type=self.device.type, dtype=self.dtype):
-                features = extract_features(self.backbone.model, images)
+        features = self.runtime.encode(images).to(self.device)
         features = normalize_channels(features.float())
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         metrics.ENCODER_SECONDS.observe(time.perf_counter() - start)
-        metrics.BATCH_SIZE.observe(images.shape[0])
+        metrics.BATCH_SIZE.observe(features.shape[0])
         metrics.update_gpu_memory(self.device)
         return features
 

@@ -3,7 +3,9 @@
 DIR holds case files in the format of shared/parity (its ``backbone/`` or ``insid3/`` folder, or
 the parent of both). Prints ``NAME: ok`` or ``NAME: FAIL <what differs>`` per case and exits 1
 if any case fails. Masks, votes and partitions must be identical; features within 1e-4 (backbone)
-or 1e-5 (algorithm); keypoints within 0.5 px.
+or 1e-5 (algorithm); keypoints within 0.5 px. ``--runtime onnxruntime|openvino`` computes the
+features the engine uses (last layer, normed patch tokens) with that runtime on the exported
+model; the other backbone outputs (cls, storage, last four layers, un-normed) exist only in torch.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import json
 import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import torch
 from core.backbone import create_model, load_state_dict_into, read_state_dict
 from core.debias import debias, normalize_channels, positional_basis
 from core.pipeline import downsample_mask, match_keypoints, segment_grid, upsample_mask
+from core.runtimes import RUNTIMES, export_onnx, load_session
 from core.specs import SPECS
 
 BACKBONE_TOLERANCE = 1e-4
@@ -139,7 +143,15 @@ def _backbone_model(folder: Path, config_name: str) -> torch.nn.Module:
     return model.eval()
 
 
-def _backbone_case(path: Path) -> list[str]:
+def _runtime_features(model: torch.nn.Module, runtime: str, x: torch.Tensor) -> torch.Tensor:
+    """The engine's features of ``x`` through ``runtime`` on the model exported at x's size."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "encoder.onnx"
+        export_onnx(model, path, x.shape[-2], x.shape[-1])
+        return load_session(runtime, str(path), torch.get_num_threads())(x)
+
+
+def _backbone_case(path: Path, runtime: str = "torch") -> list[str]:
     config_name = path.stem.removeprefix("expected_")
     model = _backbone_model(path.parent, config_name)
     inputs = np.load(path.parent / "inputs.npz")
@@ -152,6 +164,10 @@ def _backbone_case(path: Path) -> list[str]:
                 continue
             x = torch.from_numpy(inputs[match["input"]])
             n, what = int(match["n"]), match["what"]
+            if runtime != "torch" and n == 1 and what is None:
+                errors += _close(f"{key} ({runtime})", _runtime_features(model, runtime, x), expected[key],
+                                 BACKBONE_TOLERANCE)
+                continue
             outputs = model.forward_intermediates(
                 x, indices=n, norm=what != "_nonorm", output_fmt="NCHW",
                 intermediates_only=True, return_prefix_tokens=True,
@@ -171,11 +187,11 @@ def _backbone_case(path: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------- runner
 
 
-def discover_cases(directory: Path) -> Iterator[tuple[str, Check]]:
-    """Every case file below ``directory`` with the check that runs it."""
+def discover_cases(directory: Path, runtime: str = "torch") -> Iterator[tuple[str, Check]]:
+    """Every case file below ``directory`` with the check that runs it (backbone features via ``runtime``)."""
     for path in sorted(directory.rglob("*.npz")):
         if path.name.startswith("expected_"):
-            yield f"{path.parent.name}/{path.stem}", lambda p=path: _backbone_case(p)
+            yield f"{path.parent.name}/{path.stem}", lambda p=path: _backbone_case(p, runtime)
             continue
         if path.name == "inputs.npz":
             continue
@@ -187,11 +203,11 @@ def discover_cases(directory: Path) -> Iterator[tuple[str, Check]]:
             yield path.stem, lambda p=path: _keypoint_case(np.load(p))
 
 
-def run(directory: Path) -> int:
+def run(directory: Path, runtime: str = "torch") -> int:
     """Run every case, print one line per case, return the number of failures (or -1 if none found)."""
     failures = 0
     found = 0
-    for name, check in discover_cases(directory):
+    for name, check in discover_cases(directory, runtime):
         found += 1
         try:
             errors = check()
@@ -205,9 +221,11 @@ def run(directory: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.parity", description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="a parity folder (backbone/, insid3/, or their parent)")
+    parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                        help="encoder runtime for the backbone features (default: torch, the reference)")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
-    failures = run(args.directory)
+    failures = run(args.directory, args.runtime)
     if failures < 0:
         print(f"no parity case files found in {args.directory}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ from core.errors import ConfigurationError
 from core.specs import MODEL_SIZES
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Runtime = Literal["auto", "torch", "onnxruntime", "openvino"]  # core.runtimes
 
 
 class EngineSettings(BaseSettings):
@@ -55,6 +56,8 @@ class EngineSettings(BaseSettings):
     basis_cache_dir: Path = Field(DEFAULT_BASIS_CACHE, description="positional-basis cache")
     cache_bytes: int = Field(DEFAULT_CACHE_BYTES, ge=0, description="in-process LRU of reference features, bytes")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decoded pixels per image (413 beyond)")
+    runtime: Runtime = Field("auto", description="encoder runtime (auto: the fastest parity-checked one on "
+                                                 "the CPU, torch on CUDA)")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:

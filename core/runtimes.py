@@ -1,0 +1,311 @@
+"""Encoder runtimes: torch (the reference), ONNX Runtime and OpenVINO on the CPU.
+
+The non-torch runtimes run the backbone exported to ONNX with a dynamic batch. Attention must
+stay fused at 4096 tokens: ONNX Runtime gets opset 23, where attention is one ``Attention`` op
+(dynamo exporter); OpenVINO gets the legacy exporter's opset 18 (MatMul + Softmax), which its CPU
+plugin fuses back into one attention kernel, and which exports ~10x faster. The export is cached
+next to the positional basis, keyed by the weights' sha256, image size, opset, torch and exporter
+versions. Each runtime (name + version) must pass a parity probe against torch on the constant
+image before it is used; the verdict is cached beside the export. Every load re-hashes the model
+bytes: a corrupt, partial or stale entry is rebuilt, never trusted.
+
+``auto`` is torch on CUDA and the fastest installed runtime that passes its probe on the CPU
+(measured: OpenVINO, then ONNX Runtime), falling back to torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import typing
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.backbone import LoadedBackbone, extract_features
+from core.debias import constant_probe
+from core.errors import ConfigurationError
+from core.settings import Runtime
+
+log = logging.getLogger(__name__)
+
+RUNTIME_CHOICES: tuple[str, ...] = typing.get_args(Runtime)  # auto, then every runtime
+RUNTIMES = RUNTIME_CHOICES[1:]
+AUTO_ORDER = ("openvino", "onnxruntime")  # fastest first, measured on the CPU (README benchmarks)
+PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+EXPORTER_VERSION = "1"  # bump whenever export_onnx changes what it writes
+DEFAULT_OPSET = 23  # the first opset with a fused Attention op
+OPSETS = {"onnxruntime": 23, "openvino": 18}  # what each runtime runs fastest (see the module docstring)
+PROBE_TOLERANCE = 1e-4  # the backbone parity tolerance
+MAX_EXPORT_BYTES = 2**31 - 2**26  # a single-file ONNX model (protobuf limit, with headroom for the graph)
+
+Encoder = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) preprocessed -> raw (B, C, h, w) float32
+
+
+class FeatureEncoder(torch.nn.Module):
+    """The backbone as one module: pixels -> last-layer normed patch tokens (B, C, h, w)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return extract_features(self.model, pixels)
+
+
+def runtime_version(name: str) -> str | None:
+    """The installed version of a runtime's package, or None when it is not installed."""
+    if name == "torch":
+        return torch.__version__
+    try:
+        return importlib.metadata.version(PACKAGES[name])
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (float32)."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def export_onnx(model: torch.nn.Module, path: Path, height: int, width: int | None = None,
+                opset: int = DEFAULT_OPSET) -> None:
+    """Export the backbone as ONNX with a dynamic batch: input ``pixels``, output ``features``.
+
+    Opset 23 uses the dynamo exporter and keeps attention as one ``Attention`` op; opset 18 uses
+    the legacy exporter (attention as MatMul + Softmax), for consumers without opset 23.
+    """
+    example = torch.zeros(2, 3, height, width or height)  # batch 2: a batch of 1 would be specialised
+    module = FeatureEncoder(model).eval()
+    names = {"input_names": ["pixels"], "output_names": ["features"]}
+    quiet = contextlib.redirect_stdout(io.StringIO()), _quiet("onnx_ir", "onnxscript")
+    with warnings.catch_warnings(), torch.no_grad(), quiet[0], quiet[1]:
+        warnings.simplefilter("ignore")
+        if opset >= 23:
+            torch.onnx.export(module, (example,), str(path), opset_version=opset, dynamo=True, external_data=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False, **names)
+        else:
+            torch.onnx.export(module, (example,), str(path), opset_version=opset, dynamo=False,
+                              dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}}, **names)
+
+
+@contextlib.contextmanager
+def _quiet(*logger_names: str) -> Iterator[None]:
+    """Silence chatty loggers (the exporter's graph passes log every step at INFO)."""
+    loggers = [logging.getLogger(name) for name in logger_names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def load_session(name: str, onnx: str, threads: int, cache_dir: Path | None = None) -> Encoder:
+    """An encoder running an ONNX file under ONNX Runtime or OpenVINO on the CPU."""
+    if name == "onnxruntime":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        options.enable_cpu_mem_arena = False  # the arena would keep the 4096-token attention peak resident
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to clustering
+        session = onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        return lambda images: torch.from_numpy(session.run(None, {"pixels": _numpy(images)})[0])
+    if name == "openvino":
+        import openvino
+
+        core = openvino.Core()
+        config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if cache_dir is not None:
+            config["CACHE_DIR"] = str(cache_dir / "openvino")  # OpenVINO's own compiled-blob cache
+        compiled = core.compile_model(onnx, "CPU", config)  # from a path: a cached blob skips reading the model
+        request = compiled.create_infer_request()
+        lock = threading.Lock()  # an infer request is not thread-safe; ONNX Runtime's session is
+
+        def infer(images: torch.Tensor) -> torch.Tensor:
+            with lock:
+                return torch.from_numpy(request.infer({0: _numpy(images)})[0].copy())
+
+        return infer
+    raise ConfigurationError(f"unknown runtime {name!r}; choose {', '.join(RUNTIME_CHOICES)}")
+
+
+def _numpy(images: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
+
+
+# ------------------------------------------------------------------------------------- the cache
+
+
+@dataclass(frozen=True)
+class ExportKey:
+    """What an exported encoder depends on."""
+
+    weights_id: str
+    image_size: int
+    opset: int = DEFAULT_OPSET
+
+    def digest(self) -> str:
+        raw = f"{self.weights_id}|{self.image_size}|{self.opset}|torch {torch.__version__}|exporter {EXPORTER_VERSION}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write through a unique temporary file and a rename: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        handle.write(data)
+    Path(handle.name).replace(path)
+
+
+def _writable(folder: Path | None) -> bool:
+    """Whether ``folder`` exists (or can be made) and can be written to."""
+    if folder is None:
+        return False
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+        return value if isinstance(value, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_export(model: torch.nn.Module, key: ExportKey, cache_dir: Path) -> tuple[Path, str]:
+    """The ONNX file of ``model`` at ``key`` in ``cache_dir`` and its sha256: reused if intact, else exported."""
+    digest = key.digest()
+    model_path, meta_path = cache_dir / f"encoder-{digest}.onnx", cache_dir / f"encoder-{digest}.json"
+    meta = _read_json(meta_path)
+    if meta and meta.get("key") == digest and model_path.is_file():
+        sha256 = file_sha256(model_path)
+        if sha256 == meta.get("sha256"):
+            return model_path, sha256
+    if meta is not None or model_path.exists():
+        log.warning("rebuilding the encoder export %s: missing, corrupt or stale", model_path)
+    start = time.perf_counter()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as handle:
+        scratch = Path(handle.name)
+    try:
+        export_onnx(model, scratch, key.image_size, opset=key.opset)
+        sha256 = file_sha256(scratch)
+        scratch.replace(model_path)  # atomic: readers see the old file or the whole new one
+    finally:
+        scratch.unlink(missing_ok=True)
+    log.info("exported the encoder to ONNX (opset %d) in %.1f s", key.opset, time.perf_counter() - start)
+    _write_atomic(meta_path, json.dumps({
+        "key": digest, "sha256": sha256, "weights_id": key.weights_id, "image_size": key.image_size,
+        "opset": key.opset, "torch": torch.__version__, "exporter": EXPORTER_VERSION,
+    }).encode())
+    return model_path, sha256
+
+
+def probe_parity(name: str, session: Encoder, torch_encoder: Encoder, image_size: int,
+                 onnx_sha256: str, cache_dir: Path | None) -> float:
+    """Max-abs difference of ``session`` to torch on the constant probe (cached per model and runtime version)."""
+    record = cache_dir / f"parity-{name}-{onnx_sha256[:24]}.json" if cache_dir else None
+    version = runtime_version(name)
+    if record is not None:
+        cached = _read_json(record)
+        if cached and cached.get("version") == version and cached.get("sha256") == onnx_sha256:
+            return float(cached["max_abs"])
+    probe = constant_probe(image_size)
+    max_abs = float((session(probe) - torch_encoder(probe)).abs().max())
+    if record is not None:
+        try:
+            _write_atomic(record, json.dumps({"runtime": name, "version": version, "sha256": onnx_sha256,
+                                              "max_abs": max_abs}).encode())
+        except OSError as exc:
+            log.warning("could not record the parity probe in %s: %s", record.parent, exc)
+    return max_abs
+
+
+# ------------------------------------------------------------------------------------ the choice
+
+
+@dataclass(frozen=True)
+class ChosenEncoder:
+    """The runtime an engine encodes with."""
+
+    name: str
+    version: str
+    encode: Encoder
+
+    @property
+    def basis_tag(self) -> str:
+        """Distinguishes the positional basis this runtime's features need."""
+        return f"{self.name}-{self.version}"
+
+
+def candidates(runtime: str, device: torch.device, dtype: torch.dtype, backbone: LoadedBackbone) -> list[str]:
+    """The exported runtimes to try in order before torch; an explicit impossible choice is an error."""
+    if runtime not in RUNTIME_CHOICES:
+        raise ConfigurationError(f"unknown runtime {runtime!r}; choose {', '.join(RUNTIME_CHOICES)}")
+    if runtime == "torch":
+        return []
+    exportable = device.type == "cpu" and dtype == torch.float32 and model_bytes(backbone.model) < MAX_EXPORT_BYTES
+    if runtime == "auto":
+        return [name for name in AUTO_ORDER if exportable and runtime_version(name)]
+    if not exportable:
+        raise ConfigurationError(
+            f"runtime {runtime!r} runs fp32 on the CPU for models under 2 GB; use --runtime torch "
+            f"for device {device}, precision {str(dtype).removeprefix('torch.')}, model {backbone.spec.size!r}"
+        )
+    if runtime_version(runtime) is None:
+        raise ConfigurationError(f"runtime {runtime!r} is not installed: pip install '{PACKAGES[runtime]}'")
+    return [runtime]
+
+
+def choose_encoder(runtime: str, backbone: LoadedBackbone, torch_encoder: Encoder, device: torch.device,
+                   dtype: torch.dtype, image_size: int, cache_dir: Path | None) -> ChosenEncoder:
+    """The encoder of ``runtime`` (``auto``: the first candidate that exports and passes its probe, else torch)."""
+    threads = torch.get_num_threads()
+    cache_dir = cache_dir if _writable(cache_dir) else None
+    for name in candidates(runtime, device, dtype, backbone):
+        try:
+            with contextlib.ExitStack() as stack:  # no cache: export to a folder removed once loaded
+                folder = cache_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                key = ExportKey(backbone.weights_id, image_size, OPSETS[name])
+                path, sha256 = cached_export(backbone.model, key, folder)
+                session = load_session(name, str(path), threads, cache_dir)
+            max_abs = probe_parity(name, session, torch_encoder, image_size, sha256, cache_dir)
+            if max_abs > PROBE_TOLERANCE:
+                raise ConfigurationError(f"runtime {name!r} differs from torch by {max_abs:.3g} > {PROBE_TOLERANCE:g}")
+            return ChosenEncoder(name, runtime_version(name) or "", session)
+        except Exception as exc:  # auto moves on to the next runtime; an explicit choice reports why
+            if runtime != "auto":
+                raise ConfigurationError(f"runtime {name!r} unavailable: {exc}") from None
+            log.warning("runtime %s skipped: %s", name, exc)
+    return ChosenEncoder("torch", torch.__version__, torch_encoder)

@@ -1,0 +1,135 @@
+"""Encoder runtimes: parity with torch, the on-disk export cache, the ``auto`` choice, ``insid3 export``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core import runtimes
+from core.engine import Insid3
+from core.errors import ConfigurationError
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+SIZE = 128  # 64 patches: the 24-component positional basis is well defined (rank 63)
+
+
+def build(checkpoint: Path, cache: Path | None, runtime: str) -> Insid3:
+    return Insid3.build(model_size="tiny", weights=checkpoint, image_size=SIZE, device="cpu",
+                        basis_cache_dir=cache, runtime=runtime)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runtime-cache")
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_checkpoint: Path, cache: Path) -> dict[str, Insid3]:
+    return {name: build(tiny_checkpoint, cache, name) for name in runtimes.RUNTIMES}
+
+
+def scenes(count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(reference, mask, target) triples: a bright disc on noise, moved and re-noised in the target."""
+    out = []
+    for seed in range(count):
+        rng = np.random.default_rng(seed)
+        image = rng.integers(0, 90, (80, 96, 3), dtype=np.uint8)
+        rows, cols = np.mgrid[:80, :96]
+        mask = (rows - 40) ** 2 + (cols - 30 - 4 * seed) ** 2 < 18**2
+        image[mask] = rng.integers(150, 255, 3)
+        target = np.clip(np.roll(image, 12, axis=1) + rng.integers(0, 20, image.shape), 0, 255).astype(np.uint8)
+        out.append((image, mask, target))
+    return out
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_each_runtime_gives_torchs_features_basis_and_masks(engines: dict[str, Insid3], name: str) -> None:
+    reference, engine = engines["torch"], engines[name]
+    assert engine.runtime.name == name
+    images = torch.randn(2, 3, SIZE, SIZE)  # a batch of 2: the export has a dynamic batch
+    assert (engine.encode_tensor(images) - reference.encode_tensor(images)).abs().max() <= 1e-4
+    assert (engine.basis @ engine.basis.T - reference.basis @ reference.basis.T).abs().max() <= 1e-4
+    for image, mask, target in scenes(3):
+        expected = reference.segment(target, [reference.encode_reference(image, mask)]).mask
+        assert np.array_equal(engine.segment(target, [engine.encode_reference(image, mask)]).mask, expected)
+
+
+def test_a_warm_restart_reuses_the_export_and_the_parity_verdict(
+    engines: dict[str, Insid3], tiny_checkpoint: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("re-exported or re-probed a cached encoder")
+
+    monkeypatch.setattr(runtimes, "export_onnx", never)
+    monkeypatch.setattr(runtimes, "constant_probe", never)
+    for name in ("onnxruntime", "openvino"):
+        assert build(tiny_checkpoint, cache, name).runtime.name == name
+
+
+def test_a_corrupt_or_stale_export_is_rebuilt(engines: dict[str, Insid3], tiny_checkpoint: Path,
+                                               cache: Path) -> None:
+    for meta in (cache / "encoders").glob("encoder-*.json"):
+        if json.loads(meta.read_text())["opset"] == runtimes.OPSETS["openvino"]:
+            model = meta.with_suffix(".onnx")
+    original = model.read_bytes()
+    model.write_bytes(original[: len(original) // 2])  # truncated
+    engine = build(tiny_checkpoint, cache, "openvino")
+    assert model.read_bytes() == original and engine.runtime.name == "openvino"
+    meta = model.with_suffix(".json")
+    meta.write_text("{not json")
+    images = torch.randn(1, 3, SIZE, SIZE)
+    rebuilt = build(tiny_checkpoint, cache, "openvino")
+    assert json.loads(meta.read_text())["sha256"] == runtimes.file_sha256(model)
+    assert (rebuilt.encode_tensor(images) - engines["torch"].encode_tensor(images)).abs().max() <= 1e-4
+
+
+def test_auto_never_picks_a_missing_or_failing_runtime(engines: dict[str, Insid3], tiny_checkpoint: Path,
+                                                       cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build(tiny_checkpoint, cache, "auto").runtime.name == runtimes.AUTO_ORDER[0]
+    monkeypatch.setattr(runtimes, "PROBE_TOLERANCE", -1.0)  # every runtime now "fails" its parity probe
+    assert build(tiny_checkpoint, cache, "auto").runtime.name == "torch"
+    with pytest.raises(ConfigurationError, match="differs from torch"):
+        build(tiny_checkpoint, cache, "openvino")
+    monkeypatch.setattr(runtimes, "runtime_version", lambda name: torch.__version__ if name == "torch" else None)
+    assert build(tiny_checkpoint, None, "auto").runtime.name == "torch"
+    with pytest.raises(ConfigurationError, match="not installed"):
+        build(tiny_checkpoint, None, "onnxruntime")
+
+
+def test_exported_runtimes_are_cpu_fp32_only(engines: dict[str, Insid3]) -> None:
+    backbone = engines["torch"].backbone
+    cpu = torch.device("cpu")
+    with pytest.raises(ConfigurationError, match="fp32 on the CPU"):
+        runtimes.candidates("openvino", cpu, torch.bfloat16, backbone)
+    assert runtimes.candidates("auto", cpu, torch.bfloat16, backbone) == []
+    assert runtimes.candidates("auto", torch.device("cuda"), torch.bfloat16, backbone) == []
+    with pytest.raises(ConfigurationError, match="unknown runtime"):
+        runtimes.candidates("tensorrt", cpu, torch.float32, backbone)
+
+
+def test_insid3_export_writes_a_triton_repository(tiny_checkpoint: Path, engines: dict[str, Insid3],
+                                                  tmp_path: Path) -> None:
+    import onnxruntime
+
+    from core.cli import main
+
+    assert main(["export", "--format", "onnx", "--model-size", "tiny", "--weights", str(tiny_checkpoint),
+                 "--image-size", str(SIZE), "--out", str(tmp_path)]) == 0
+    manifest = json.loads((tmp_path / "insid3_export.json").read_text())
+    assert manifest["basis_runtime"] == "onnxruntime" and manifest["probe_max_abs_vs_torch"] <= 1e-4
+    config = (tmp_path / "insid3_encoder" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config and f"dims: [ 3, {SIZE}, {SIZE} ]" in config
+    session = onnxruntime.InferenceSession(str(tmp_path / manifest["model"]), providers=["CPUExecutionProvider"])
+    images = torch.randn(3, 3, SIZE, SIZE)
+    (features,) = session.run(None, {"pixels": images.numpy()})
+    expected = engines["torch"].torch_features(images)
+    assert features.shape == tuple(expected.shape) and np.abs(features - expected.numpy()).max() <= 1e-4
+    basis = np.load(tmp_path / "positional_basis.npy")
+    torch_basis = engines["torch"].basis.numpy()
+    assert np.abs(basis @ basis.T - torch_basis @ torch_basis.T).max() <= 1e-4
