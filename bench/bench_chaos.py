@@ -87,11 +87,11 @@ class Pool:
 
     def start_worker(self, index: int) -> None:
         self.workers[index] = self._spawn(f"worker{index}", [
-            sys.executable, "-m", "core.cli", "worker", "--redis-url", self.redis_url, *self.engine(),
+            sys.executable, "-m", "insid3", "worker", "--redis-url", self.redis_url, *self.engine(),
             "--name", f"chaos-{index}-{time.monotonic_ns()}"])
 
     def start_api(self) -> None:
-        self.others.append(self._spawn("api", [sys.executable, "-m", "core.cli", "serve", "--redis-url",
+        self.others.append(self._spawn("api", [sys.executable, "-m", "insid3", "serve", "--redis-url",
                                                self.redis_url, "--port", str(self.api_port), *self.engine()]))
 
     def exits(self) -> int:

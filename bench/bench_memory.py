@@ -136,13 +136,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         workdir = Path(tmp)
         weights = workdir / "tiny.pth"
-        subprocess.run([sys.executable, "-m", "core.cli", "make-checkpoint", "--model-size", "tiny",
+        subprocess.run([sys.executable, "-m", "insid3", "make-checkpoint", "--model-size", "tiny",
                         "--out", str(weights)], cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
         port = free_port()
         env = {**os.environ, "INSID3_BASIS_CACHE_DIR": str(workdir / "basis"), "INSID3_LOG_LEVEL": "warning"}
         with (workdir / "api.log").open("wb") as log:
             server = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", "serve", "--model-size", "tiny", "--weights", str(weights),
+                [sys.executable, "-m", "insid3", "serve", "--model-size", "tiny", "--weights", str(weights),
                  "--image-size", str(args.image_size), "--device", "cpu", "--port", str(port)],
                 cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:

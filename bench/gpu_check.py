@@ -175,7 +175,7 @@ def serve(weights: Path, plan: Plan, device: str) -> dict[str, object]:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "INSID3_BASIS_CACHE_DIR": tempfile.mkdtemp(), "INSID3_MAX_QUEUE": "256",
            "INSID3_RUNTIME": "torch"}  # what auto picks on CUDA; on the CPU it skips the export
-    command = [sys.executable, "-m", "core.cli", "serve", "--model-size", plan.model_size, "--weights", str(weights),
+    command = [sys.executable, "-m", "insid3", "serve", "--model-size", plan.model_size, "--weights", str(weights),
                "--image-size", str(plan.image_size), "--device", device, "--port", str(port)]
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -117,7 +117,7 @@ def test_insid3_export_writes_a_triton_repository(tiny_checkpoint: Path, engines
                                                   tmp_path: Path) -> None:
     import onnxruntime
 
-    from core.cli import main
+    from insid3.cli import main
 
     assert main(["export", "--format", "onnx", "--model-size", "tiny", "--weights", str(tiny_checkpoint),
                  "--image-size", str(SIZE), "--out", str(tmp_path)]) == 0

@@ -25,6 +25,9 @@ from tests.workers.helpers import IMAGE_SIZE, Launcher, queue_cli
 from workers.keys import DEFAULT_KEYS, GROUP
 
 BURST = 16
+# Default liveness settings; a batching window long enough that a worker visibly holds the jobs of a
+# batch while it fills (a fast encoder would otherwise answer between two looks at the pending list).
+WORKER_OPTIONS = ("--max-batch", "4", "--max-wait-ms", "200")
 
 
 class Pool:
@@ -34,7 +37,7 @@ class Pool:
         self.launcher = launcher
         self.port = free_port()
         self.metrics = {"w1": free_port(), "w2": free_port()}
-        self.workers = {name: launcher.worker(name, port, "--max-batch", "4", wait=False)
+        self.workers = {name: launcher.worker(name, port, *WORKER_OPTIONS, wait=False)
                         for name, port in self.metrics.items()}
         self.api = launcher.api(self.port, wait=False)
         for name, process in self.workers.items():
@@ -80,7 +83,7 @@ class Pool:
         """Start a fresh worker in place of a dead one."""
         name = f"{old}x"
         self.metrics[name] = free_port()
-        self.workers[name] = self.launcher.worker(name, self.metrics[name], "--max-batch", "4")
+        self.workers[name] = self.launcher.worker(name, self.metrics[name], *WORKER_OPTIONS)
         del self.metrics[old]
 
     def all_alive(self) -> bool:
@@ -99,7 +102,7 @@ def pool(redis_server: RedisServer, tiny_checkpoint: Path, tmp_path_factory: pyt
 
 def kill_when_holding(pool: Pool, name: str, signum: int) -> float:
     """Send ``signum`` to worker ``name`` once it holds unanswered jobs; returns when (monotonic)."""
-    eventually(lambda: pool.pending_of(name) > 0, 30, f"worker {name} to hold jobs")
+    eventually(lambda: pool.pending_of(name) > 0, 30, f"worker {name} to hold jobs", interval_s=0.002)
     os.kill(pool.workers[name].pid, signum)
     return time.monotonic()
 
