@@ -12,6 +12,8 @@ import pytest
 from tests.support.paths import PARITY_DIR
 from tests.support.redis_server import RedisServer
 
+WARM_IMAGE_SIZES = (64, 128)  # the workers' and the API tests' image sizes
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
@@ -40,8 +42,27 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def basis_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One positional-basis cache for every in-process engine of the session."""
+    """One positional-basis (and encoder-export) cache for every engine of the session, in-process
+    or in the ``insid3`` processes the tests start (``INSID3_BASIS_CACHE_DIR``)."""
     return tmp_path_factory.mktemp("basis")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_basis_cache(tiny_checkpoint: Path, basis_cache_dir: Path) -> Iterator[None]:
+    """Fill the session's cache for the tiny checkpoint at the image sizes the services use, once, so
+    that the processes started side by side later only read it (as workers sharing a cache volume)."""
+    from core.engine import Insid3
+
+    for image_size in WARM_IMAGE_SIZES:
+        Insid3.build(model_size="tiny", weights=str(tiny_checkpoint), image_size=image_size, device="cpu",
+                     basis_cache_dir=basis_cache_dir)
+    previous = os.environ.get("INSID3_BASIS_CACHE_DIR")
+    os.environ["INSID3_BASIS_CACHE_DIR"] = str(basis_cache_dir)
+    yield
+    if previous is None:
+        del os.environ["INSID3_BASIS_CACHE_DIR"]
+    else:
+        os.environ["INSID3_BASIS_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,10 @@ class Process:
 
     @classmethod
     def insid3(cls, args: list[str], log: Path, env: dict[str, str] | None = None) -> Process:
-        """``insid3 ARGS`` (through ``python -m insid3``), one thread, its basis cache beside the log."""
-        env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "INSID3_BASIS_CACHE_DIR": str(log.parent / "basis"),
-               **(env or {})}
+        """``insid3 ARGS`` (through ``python -m insid3``), one thread; its basis cache is the session's
+        (``INSID3_BASIS_CACHE_DIR``, set by the ``warm_basis_cache`` fixture), else one beside the log."""
+        basis = os.environ.get("INSID3_BASIS_CACHE_DIR", str(log.parent / "basis"))
+        env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "INSID3_BASIS_CACHE_DIR": basis, **(env or {})}
         return cls([*INSID3, *args], log, env)
 
     @property
@@ -53,6 +54,10 @@ class Process:
         """Signal the process (unless it has exited), wait, kill it if it will not end; its exit code."""
         if self.alive():
             self.popen.send_signal(signum)
+        return self.wait(timeout_s)
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        """Wait for the process to end, killing it after ``timeout_s``; its exit code."""
         try:
             return self.popen.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -85,8 +90,12 @@ class Processes:
             process.check_alive()
 
     def close(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM to every process at once (newest first), then wait for each to end."""
         for process in reversed(self.started):
-            process.stop(timeout_s=timeout_s)
+            if process.alive():
+                process.send(signal.SIGTERM)
+        for process in reversed(self.started):
+            process.wait(timeout_s)
 
 
 def is_ready(url: str) -> bool:
