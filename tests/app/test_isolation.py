@@ -5,7 +5,6 @@ that fails validation does no engine work and stores nothing."""
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.app.conftest import IMAGE_SIZE
 from tests.support.api import assert_error, reference_id
-from tests.support.images import REFERENCE, REFERENCE_2, TARGET, encode
+from tests.support.images import REFERENCE, REFERENCE_2, TARGET, encode, undecodable_dds
 from tests.support.live_server import Gate, LiveServer
 from tests.support.metrics import metric
 from tests.support.net import eventually
@@ -26,12 +25,6 @@ from tests.support.net import eventually
 MAX_BATCH = 9  # the 8 well-formed requests and the poison one fit in one batch
 MAX_QUEUE = 64
 ENCODER_PASSES = "insid3_encoder_seconds_count"
-
-
-def undecodable_dds() -> bytes:
-    """A DDS file without pixel-format flags: Pillow recognises it, then raises NotImplementedError."""
-    header = struct.pack("<4I", 124, 0x1007, 8, 8) + bytes(8 + 44) + struct.pack("<4I", 32, 0, 0, 32) + bytes(36)
-    return b"DDS " + header + bytes(8 * 8 * 4)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from tests.app.conftest import in_process, tiny_args
 from tests.support.api import assert_error, create_reference, decode_rle, segment
-from tests.support.images import REFERENCE, REFERENCE_2, TARGET, decode, encode, iou
+from tests.support.images import REFERENCE, REFERENCE_2, TARGET, decode, encode, iou, undecodable_dds
 from tests.support.processes import Process
 
 DATABASE = "/14"  # a database of the session's redis-server that no other test area uses
@@ -70,6 +70,16 @@ def test_bad_input_gives_the_same_errors(redis_client):
     files = {"image": ("i", REFERENCE.png, "image/png"), "mask": ("m", empty, "image/png")}
     assert_error(redis_client.post("/references", files=files), 422, "empty_mask")
     assert_error(segment(redis_client, [TARGET], {"reference_ids": "0" * 32}), 404, "reference_not_found")
+
+
+def test_a_poison_image_is_answered_415_once_not_retried(redis_client, redis_url):
+    """A decoding failure is the caller's: the worker answers it at once, never retries or dead-letters it."""
+    ref_id = create_reference(redis_client, REFERENCE).json()["reference_id"]
+    files = {"target": ("t.dds", undecodable_dds(), "application/octet-stream")}
+    assert_error(redis_client.post("/segment", files=files, data={"reference_ids": ref_id}), 415, "invalid_image")
+    dead = redis.Redis.from_url(urlunsplit(urlsplit(redis_url)._replace(path=DATABASE))).xlen("insid3:dead")
+    assert dead == 0
+    assert segment(redis_client, [TARGET], {"reference_ids": ref_id}).status_code == 200  # the worker goes on
 
 
 def test_metrics_include_the_redis_gauges(redis_client):

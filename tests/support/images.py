@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,12 @@ def disc_scene(seed: int, height: int, width: int, discs: list[tuple[int, int, i
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two boolean masks."""
     return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def undecodable_dds() -> bytes:
+    """A DDS file without pixel-format flags: Pillow recognises it, then raises NotImplementedError."""
+    header = struct.pack("<4I", 124, 0x1007, 8, 8) + bytes(8 + 44) + struct.pack("<4I", 32, 0, 0, 32) + bytes(36)
+    return b"DDS " + header + bytes(8 * 8 * 4)
 
 
 # The scenes of the service tests (API, workers, deployment).
