@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from app.settings import Settings
+from core.memory import trim_heap
 from core.serving import DeadlineExceeded, InferenceBackend
 
 T = TypeVar("T")
@@ -90,10 +91,12 @@ def _too_late() -> DeadlineExceeded:
 class RenderSlots:
     """At most ``slots`` renderings run at once (threads); a request waits for a slot and for
     its rendering only until its deadline. A slot is freed when its thread ends, not before:
-    a rendering whose request gave up still holds its slot until it finishes."""
+    a rendering whose request gave up still holds its slot until it finishes. When the last
+    rendering ends, the memory it freed goes back to the OS (``core.memory.trim_heap``)."""
 
     def __init__(self, slots: int) -> None:
         self._slots = asyncio.Semaphore(slots)
+        self._running = 0
 
     async def run(self, function: Callable[[], T], deadline: float) -> T:
         """``function()`` in a thread, or ``DeadlineExceeded`` once ``deadline`` passes (then no
@@ -106,6 +109,7 @@ class RenderSlots:
         if time.time() >= deadline:
             self._slots.release()
             raise _too_late()
+        self._running += 1
         future = asyncio.get_running_loop().run_in_executor(None, function)
         future.add_done_callback(self._release)
         try:
@@ -116,6 +120,9 @@ class RenderSlots:
 
     def _release(self, future: asyncio.Future[Any]) -> None:
         self._slots.release()
+        self._running -= 1
+        if self._running == 0:  # idle: no rendering holds memory now
+            asyncio.get_running_loop().run_in_executor(None, trim_heap)
         if not future.cancelled():
             future.exception()  # retrieved: an abandoned rendering's failure is not logged as unhandled
 

@@ -96,3 +96,4 @@ def test_mask_resize_is_torch_nearest() -> None:
     mask[1, 1] = True
     resized = mask_to_tensor(mask, 6)
     assert resized.sum() == 4 and resized[2:4, 2:4].all()
+
