@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from scenes import disc_scene, free_port
+from scenes import disc_scene, free_port, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,18 +110,6 @@ class Pool:
                 process.kill()
         if self.redis is not None and self.redis.poll() is None:
             self.stop_redis()
-
-
-def wait_ready(url: str, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the API did not become ready")
 
 
 async def client_loop(url: str, form: dict[str, object], stop_at: float, outcomes: list[Outcome]) -> None:
@@ -200,7 +188,8 @@ def main() -> None:
                 pool.start_worker(index)
             pool.start_api()
             url = f"http://127.0.0.1:{pool.api_port}"
-            wait_ready(url)
+            if not wait_ready(url):
+                raise RuntimeError("the API did not become ready")
             image, mask = disc_scene(1, 240, 320)
             target, _ = disc_scene(2, 240, 320)
             created = httpx.post(f"{url}/references", files={"image": image, "mask": mask}, timeout=120)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 from PIL import Image, ImageDraw
-from scenes import disc_scene, free_port
+from scenes import disc_scene, free_port, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -90,18 +90,6 @@ def huge_target(side: int) -> bytes:
     return buffer.getvalue()
 
 
-def wait_ready(url: str, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("the API did not become ready")
-
-
 def segment(url: str, reference_id: str, target: bytes, fmt: str) -> tuple[int, int, float]:
     """Status, body size and seconds of one ``POST /segment``."""
     started = time.perf_counter()
@@ -147,7 +135,8 @@ def main() -> None:
                 cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
-            wait_ready(url)
+            if not wait_ready(url):
+                raise RuntimeError("the API did not become ready")
             image, mask = disc_scene(1, 240, 320)
             created = httpx.post(f"{url}/references", files={"image": image, "mask": mask}, timeout=120)
             created.raise_for_status()

@@ -35,7 +35,7 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "bench")]
 
-from scenes import disc_scene, free_port  # noqa: E402
+from scenes import disc_scene, free_port, wait_ready  # noqa: E402
 
 from core import clustering  # noqa: E402
 from core.checkpoint import make_checkpoint  # noqa: E402
@@ -169,7 +169,6 @@ def throughput(engine: Insid3, plan: Plan) -> dict[str, object]:
 
 def serve(weights: Path, plan: Plan, device: str) -> dict[str, object]:
     """``insid3 serve`` on the device under ``plan.clients`` closed-loop clients."""
-    import httpx
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -180,17 +179,7 @@ def serve(weights: Path, plan: Plan, device: str) -> dict[str, object]:
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None:
-                    break
-                time.sleep(0.2)
-            else:
+            if not wait_ready(url, server) and server.poll() is None:
                 raise TimeoutError("the service did not become ready in 300 s")
             if server.poll() is not None:
                 log.seek(0)

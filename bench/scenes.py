@@ -1,10 +1,13 @@
-"""Inputs shared by the service benchmarks: a red disc on noise, as PNG bytes, and a free port."""
+"""What the service benchmarks share: a red disc on noise as PNG bytes, a free port, waiting for an API."""
 
 from __future__ import annotations
 
 import io
 import socket
+import subprocess
+import time
 
+import httpx
 import numpy as np
 from PIL import Image
 
@@ -31,3 +34,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen | None = None, timeout_s: float = 300.0) -> bool:
+    """Poll ``url``/readyz until 200; False when ``process`` exited or the time ran out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if process is not None and process.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
