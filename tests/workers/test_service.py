@@ -189,12 +189,18 @@ def test_sigterm_drains_the_current_batch(service: Service) -> None:
     worker_a: Process = service.workers["a"]
     stream = model_stream(redis)
 
+    def holding() -> bool:
+        return bool(redis.xpending_range(stream, GROUP, "-", "+", 100, consumername="a"))
+
     async def requests_during_drain() -> tuple[list[httpx.Response], int]:
-        requests = asyncio.create_task(segment_concurrently([service.url(0)], reference_id, 16))
-        while not redis.xpending_range(stream, GROUP, "-", "+", 100, consumername="a"):
-            await asyncio.sleep(0.002)
-        worker_a.send(signal.SIGTERM)
-        code = await asyncio.to_thread(worker_a.popen.wait, 60)
+        service.workers["b"].send(signal.SIGSTOP)  # every job goes to a: it surely holds some when told to drain
+        try:
+            requests = asyncio.create_task(segment_concurrently([service.url(0)], reference_id, 16))
+            await asyncio.to_thread(eventually, holding, 30, "worker a to hold jobs", 0.002)
+            worker_a.send(signal.SIGTERM)
+            code = await asyncio.to_thread(worker_a.popen.wait, 60)
+        finally:
+            service.workers["b"].send(signal.SIGCONT)  # b answers what a left (or reclaimed from b)
         return await requests, code
 
     responses, code = asyncio.run(requests_during_drain())

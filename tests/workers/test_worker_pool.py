@@ -139,8 +139,9 @@ def test_kill_9_mid_batch_still_answers_every_job_exactly_once(launcher: Launche
             rows = await client.xpending_range(queue.keys.stream, GROUP, "-", "+", 100, consumername="victim")
             return len(rows)
 
-        while await victim_pending() == 0:
-            await asyncio.sleep(0.002)
+        async with asyncio.timeout(30):  # bounded: a victim that never holds a job fails the test
+            while await victim_pending() == 0:
+                await asyncio.sleep(0.002)
         os.kill(victim.pid, signal.SIGKILL)
         victim.popen.wait()
         held_at_death = await victim_pending()
