@@ -4,12 +4,13 @@ both serving modes must pass (tests/app/test_tenants.py, tests/workers/test_tena
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
 
 from tests.support.api import assert_error, create_reference, segment
-from tests.support.images import REFERENCE, REFERENCE_2, TARGET, Scene
+from tests.support.images import REFERENCE, REFERENCE_2, TARGET, Scene, disc_scene
 
 KEYS = {"alpha": "alpha-key-1", "beta": "beta-key-1", "ops": "ops-admin-key"}
 ALPHA_SECOND_KEY = "alpha-key-2"
@@ -92,3 +93,40 @@ def cross_tenant_scenario(url: str) -> None:
     finally:
         for client in http.values():
             client.close()
+
+
+def lifetime_scenario(url: str) -> None:
+    """Re-uploading extends a lifetime (never shortens it) and applies a new name; no name keeps it."""
+    with clients(url)["alpha"] as alpha:
+        first = create_reference(alpha, REFERENCE, ttl_s="0", name="forever")
+        assert first.status_code == 201, first.text
+        ref_id = first.json()["reference_id"]
+        again = create_reference(alpha, REFERENCE, ttl_s="0.001", name="renamed")
+        assert again.status_code == 200 and again.json()["expires_at"] is None
+        assert again.json()["name"] == "renamed"
+        time.sleep(0.1)
+        info = alpha.get(f"/references/{ref_id}").json()
+        assert info["expires_at"] is None and info["name"] == "renamed"
+        assert create_reference(alpha, REFERENCE).json()["name"] == "renamed"  # no name given: kept
+        assert alpha.delete(f"/references/{ref_id}").status_code == 204
+
+
+def quota_scenario(url: str, quota: int) -> None:
+    """At the quota, creating (also inline) is a 403 and stores nothing; the quota is per tenant."""
+    with clients(url)["beta"] as beta:
+        created = [create_reference(beta, s).json()["reference_id"] for s in (REFERENCE, REFERENCE_2)]
+        extra = disc_scene(7, 96, 96, [(40, 40, 20)])
+        body = assert_error(create_reference(beta, extra), 403, "reference_quota_exceeded")
+        assert str(quota) in body["detail"]
+        inline = beta.post("/segment", files=[("target", ("t", TARGET.png, "image/png")),
+                                              ("reference_image", ("r", extra.png, "image/png")),
+                                              ("reference_mask", ("m", extra.mask_png, "image/png"))])
+        assert_error(inline, 403, "reference_quota_exceeded")
+        assert beta.get("/references").json()["total"] == quota
+        with clients(url)["alpha"] as alpha:  # the quota is per tenant
+            alpha_id = create_reference(alpha, extra).json()["reference_id"]
+            assert alpha.delete(f"/references/{alpha_id}").status_code == 204
+        assert beta.delete(f"/references/{created[0]}").status_code == 204
+        assert create_reference(beta, extra).status_code == 201
+        for item in beta.get("/references").json()["items"]:
+            beta.delete(f"/references/{item['reference_id']}")

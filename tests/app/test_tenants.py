@@ -14,9 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from app.settings import Settings
-from tests.app.tenancy import KEYS, clients, cross_tenant_scenario, write_key_file
-from tests.support.api import assert_error, create_reference
-from tests.support.images import REFERENCE, REFERENCE_2, TARGET, disc_scene
+from tests.app.tenancy import KEYS, clients, cross_tenant_scenario, lifetime_scenario, quota_scenario, write_key_file
+from tests.support.api import assert_error
 from tests.support.live_server import LiveServer
 from tests.support.net import eventually
 
@@ -46,38 +45,11 @@ def test_two_tenants_never_reach_each_other(tenants: str) -> None:
 
 
 def test_a_lifetime_is_only_extended_and_a_new_name_is_applied(tenants: str) -> None:
-    with clients(tenants)["alpha"] as alpha:
-        first = create_reference(alpha, REFERENCE, ttl_s="0", name="forever")
-        assert first.status_code == 201, first.text
-        ref_id = first.json()["reference_id"]
-        again = create_reference(alpha, REFERENCE, ttl_s="0.001", name="renamed")
-        assert again.status_code == 200 and again.json()["expires_at"] is None
-        assert again.json()["name"] == "renamed"
-        time.sleep(0.1)
-        info = alpha.get(f"/references/{ref_id}").json()
-        assert info["expires_at"] is None and info["name"] == "renamed"
-        assert create_reference(alpha, REFERENCE).json()["name"] == "renamed"  # no name given: kept
-        assert alpha.delete(f"/references/{ref_id}").status_code == 204
+    lifetime_scenario(tenants)
 
 
 def test_quota_is_a_clear_403_and_nothing_is_stored(tenants: str) -> None:
-    with clients(tenants)["beta"] as beta:
-        created = [create_reference(beta, s).json()["reference_id"] for s in (REFERENCE, REFERENCE_2)]
-        extra = disc_scene(7, 96, 96, [(40, 40, 20)])
-        body = assert_error(create_reference(beta, extra), 403, "reference_quota_exceeded")
-        assert str(QUOTA) in body["detail"]
-        inline = beta.post("/segment", files=[("target", ("t", TARGET.png, "image/png")),
-                                              ("reference_image", ("r", extra.png, "image/png")),
-                                              ("reference_mask", ("m", extra.mask_png, "image/png"))])
-        assert_error(inline, 403, "reference_quota_exceeded")
-        assert beta.get("/references").json()["total"] == QUOTA
-        with clients(tenants)["alpha"] as alpha:  # the quota is per tenant
-            alpha_id = create_reference(alpha, extra).json()["reference_id"]
-            assert alpha.delete(f"/references/{alpha_id}").status_code == 204
-        assert beta.delete(f"/references/{created[0]}").status_code == 204
-        assert create_reference(beta, extra).status_code == 201
-        for item in beta.get("/references").json()["items"]:
-            beta.delete(f"/references/{item['reference_id']}")
+    quota_scenario(tenants, QUOTA)
 
 
 def test_metrics_are_labelled_by_tenant_and_need_an_admin_key(tenants: str) -> None:
