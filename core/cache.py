@@ -1,13 +1,35 @@
-"""A thread-safe LRU of reference features, bounded in bytes, with hit/miss/eviction counters."""
+"""Content hashes of references, and a thread-safe LRU of reference features, bounded in bytes,
+with hit/miss/eviction counters."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from core.errors import InvalidInputError
+from core.images import ImageInput
 from core.requests import DEFAULT_TENANT
 from core.types import ReferenceFeatures
+
+
+def content_bytes(source: ImageInput | None) -> bytes:
+    """The bytes that identify an image or mask input, for content hashing."""
+    if source is None:
+        return b""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source)
+    if isinstance(source, (str, Path)):
+        return Path(source).read_bytes() if Path(source).is_file() else str(source).encode()
+    if isinstance(source, Image.Image):
+        return f"{source.mode}{source.size}".encode() + source.tobytes()
+    if isinstance(source, np.ndarray):
+        return f"{source.dtype}{source.shape}".encode() + np.ascontiguousarray(source).tobytes()
+    raise InvalidInputError(f"unsupported image input type {type(source).__name__}")
 
 
 def reference_key(image: bytes, mask: bytes | None, model_id: str, image_size: int,

@@ -22,7 +22,7 @@ from PIL import Image
 
 from core import clustering, metrics, runtimes
 from core.backbone import LoadedBackbone, extract_features, load_backbone
-from core.cache import ReferenceCache, reference_key
+from core.cache import ReferenceCache, content_bytes, reference_key
 from core.debias import debias, load_or_build_basis, normalize_channels
 from core.defaults import (
     DEFAULT_BASIS_CACHE,
@@ -83,21 +83,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision not in PRECISIONS:
         raise ConfigurationError(f"unknown precision {precision!r}; choose auto, {', '.join(PRECISIONS)}")
     return PRECISIONS[precision]
-
-
-def content_bytes(source: ImageInput | None) -> bytes:
-    """The bytes that identify an image or mask input, for content hashing."""
-    if source is None:
-        return b""
-    if isinstance(source, (bytes, bytearray)):
-        return bytes(source)
-    if isinstance(source, (str, Path)):
-        return Path(source).read_bytes() if Path(source).is_file() else str(source).encode()
-    if isinstance(source, Image.Image):
-        return f"{source.mode}{source.size}".encode() + source.tobytes()
-    if isinstance(source, np.ndarray):
-        return f"{source.dtype}{source.shape}".encode() + np.ascontiguousarray(source).tobytes()
-    raise InvalidInputError(f"unsupported image input type {type(source).__name__}")
 
 
 @dataclass(frozen=True)
