@@ -22,6 +22,7 @@ Conventions every implementation follows:
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
@@ -238,3 +239,9 @@ class InferenceBackend(Protocol):
 
     async def queue_depth(self) -> int:
         """Jobs waiting to run (embedded queue length, or the Redis stream backlog)."""
+
+    def liveness(self) -> str | None:
+        """None while the process's background loops run, else why it should be restarted."""
+
+    async def served_models(self) -> Collection[str] | None:
+        """The model keys a worker pool serves (None: the engine runs in this process)."""

@@ -146,3 +146,9 @@ class EmbeddedBackend:
 
     async def queue_depth(self) -> int:
         return 0 if self._batcher is None else self._batcher.depth
+
+    def liveness(self) -> None:
+        return None  # the batching loop fails its jobs, never itself
+
+    async def served_models(self) -> None:
+        return None

@@ -16,8 +16,7 @@ router = APIRouter(tags=["health"])
 async def healthz(backend: BackendDep, response: Response) -> dict[str, str]:
     """200 while the process serves HTTP and its background loops run (Redis mode: the reply
     reader and the inbox heartbeat); 503 naming the loop that keeps failing (restart the process)."""
-    liveness = getattr(backend, "liveness", None)  # only backends with background loops have one
-    reason = liveness() if liveness is not None else None
+    reason = backend.liveness()
     if reason is not None:
         response.status_code = 503
         return {"error": "unhealthy", "detail": reason}
@@ -31,6 +30,6 @@ async def readyz(backend: BackendDep, settings: SettingsDep) -> Readiness | JSON
     reason = await backend.readiness()
     if reason is not None:
         return error_response(503, "model_unavailable", reason)
-    served = getattr(backend, "served_models", None)  # Redis mode: which models the pool serves
-    models = sorted(await served()) if served is not None else None
+    served = await backend.served_models()
+    models = None if served is None else sorted(served)
     return Readiness(ready=True, mode="redis" if settings.redis_url else "embedded", models=models)

@@ -116,6 +116,12 @@ class FakeBackend:
     async def queue_depth(self) -> int:
         return 0
 
+    def liveness(self) -> None:
+        return None
+
+    async def served_models(self) -> None:
+        return None
+
     def called(self, method: str) -> int:
         """How many times ``method`` was called."""
         return sum(name == method for name, _ in self.calls)
