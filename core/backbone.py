@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
-import timm
 import torch
-from timm.models.eva import checkpoint_filter_fn
 
 from core.errors import ArchitectureMismatchError, CorruptWeightsError, WeightsNotFoundError
 from core.specs import SPECS, BackboneSpec
@@ -28,13 +27,37 @@ OBTAIN_WEIGHTS_HELP = (
 )
 
 
-@dataclass(frozen=True)
-class LoadedBackbone:
-    """A backbone in eval mode with what identifies its weights."""
+class Backbone:
+    """A DINOv3 backbone identified by its weights; the torch module is built on first use.
 
-    model: torch.nn.Module
-    spec: BackboneSpec
-    weights_id: str  # sha256 prefix of the weights file (or the hub name)
+    An engine that serves an exported encoder from a warm cache never builds it: the restart
+    skips reading the weights and the process does not hold a second copy of them.
+    """
+
+    def __init__(self, spec: BackboneSpec, weights_id: str, build: Callable[[], torch.nn.Module],
+                 model: torch.nn.Module | None = None) -> None:
+        self.spec = spec
+        self.weights_id = weights_id  # sha256 prefix of the weights file (or the hub name)
+        self._build = build
+        self._model = model
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The torch module in eval mode, built on first use."""
+        return self.load()
+
+    def load(self) -> torch.nn.Module:
+        """Build the torch module unless it is built (weights errors surface here) and return it."""
+        with self._lock:
+            if self._model is None:
+                self._model = self._build().eval()
+            return self._model
+
+    def release(self) -> None:
+        """Drop the torch module; it is built again if it is used again."""
+        with self._lock:
+            self._model = None
 
     @property
     def model_id(self) -> str:
@@ -43,6 +66,8 @@ class LoadedBackbone:
 
 def create_model(spec: BackboneSpec) -> torch.nn.Module:
     """An un-initialised-from-weights timm DINOv3 model of ``spec``'s architecture."""
+    import timm  # here, not at import: timm (and torchvision, torch._dynamo) cost a warm exported restart ~1.4 s
+
     return timm.create_model(spec.timm_name, pretrained=False, num_classes=0, **spec.timm_kwargs)
 
 
@@ -137,6 +162,8 @@ def _check_qv_biases(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
 def load_state_dict_into(model: torch.nn.Module, spec: BackboneSpec, state: dict[str, torch.Tensor],
                          source: str) -> None:
     """Filter an official state dict to timm's names and load it strictly."""
+    from timm.models.eva import checkpoint_filter_fn
+
     check_architecture(spec, state, source)
     _check_qv_biases(model, state, source)
     filtered = checkpoint_filter_fn(state, model)
@@ -168,24 +195,38 @@ def file_sha256(path: Path, memo_dir: Path | None) -> str:
 
 
 def load_backbone(spec: BackboneSpec, weights: str | None, weights_tag: str, pretrain_dir: Path,
-                  hash_cache_dir: Path | None = None) -> LoadedBackbone:
-    """Build the backbone of ``spec`` with its weights, in eval mode, on the CPU.
+                  hash_cache_dir: Path | None = None, device: torch.device | None = None) -> Backbone:
+    """The backbone of ``spec`` identified by its weights, built (in eval mode, on ``device``) on first use.
 
+    A missing weights file is an error at once; a corrupt or mismatched one when the model is built.
     ``hash_cache_dir`` memoises the weights' sha256 per (path, size, mtime) across restarts.
     """
+    device = device or torch.device("cpu")
     if weights is not None and (weights == "hub" or weights.startswith("hub:")):
         tag = weights.partition(":")[2] or weights_tag
         name = f"{spec.timm_name}.{tag}"
-        try:
-            model = timm.create_model(name, pretrained=True, num_classes=0, **spec.timm_kwargs)
-        except Exception as exc:  # network, missing tag, license gate: all user-facing
-            raise WeightsNotFoundError(f"could not load {name!r} from the hub: {exc}. " + OBTAIN_WEIGHTS_HELP) from None
-        return LoadedBackbone(model.eval(), spec, f"hub-{tag}")
+
+        def from_hub() -> torch.nn.Module:
+            import timm
+
+            try:
+                model = timm.create_model(name, pretrained=True, num_classes=0, **spec.timm_kwargs)
+            except Exception as exc:  # network, missing tag, license gate: all user-facing
+                raise WeightsNotFoundError(
+                    f"could not load {name!r} from the hub: {exc}. " + OBTAIN_WEIGHTS_HELP) from None
+            return model.to(device)
+
+        return Backbone(spec, f"hub-{tag}", from_hub, from_hub())  # downloaded now: network errors at start
     path = Path(weights) if weights is not None else resolve_weights_path(spec, weights_tag, pretrain_dir)
-    state = read_state_dict(path)
-    model = create_model(spec)
-    load_state_dict_into(model, spec, state, f"weights file {str(path)!r}")
-    return LoadedBackbone(model.eval(), spec, file_sha256(path, hash_cache_dir)[:12])
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file {str(path)!r} does not exist. " + OBTAIN_WEIGHTS_HELP)
+
+    def from_file() -> torch.nn.Module:
+        model = create_model(spec)
+        load_state_dict_into(model, spec, read_state_dict(path), f"weights file {str(path)!r}")
+        return model.to(device)
+
+    return Backbone(spec, file_sha256(path, hash_cache_dir)[:12], from_file)
 
 
 def extract_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from core import clustering, metrics, runtimes
-from core.backbone import LoadedBackbone, extract_features, load_backbone
+from core.backbone import Backbone, extract_features, load_backbone
 from core.cache import ReferenceCache, content_bytes, reference_key
 from core.debias import debias, load_or_build_basis, normalize_channels
 from core.defaults import (
@@ -121,7 +121,7 @@ Outcome = ReferenceFeatures | SegmentationResult | MatchResult | Exception
 class Insid3:
     """INSID3 on a frozen DINOv3 backbone."""
 
-    def __init__(self, backbone: LoadedBackbone, basis: torch.Tensor, options: EngineOptions,
+    def __init__(self, backbone: Backbone, basis: torch.Tensor, options: EngineOptions,
                  device: torch.device, dtype: torch.dtype, cache: ReferenceCache) -> None:
         self.backbone = backbone
         self.options = options
@@ -169,8 +169,7 @@ class Insid3:
         dtype = resolve_precision(precision, resolved_device)
         cache_dir = Path(basis_cache_dir) if basis_cache_dir else None
         backbone = load_backbone(spec, None if weights is None else str(weights), weights_tag, Path(pretrain_dir),
-                                 cache_dir / "hashes" if cache_dir else None)
-        backbone.model.to(resolved_device)
+                                 cache_dir / "hashes" if cache_dir else None, resolved_device)
         if resolved_device.type == "cpu":
             clustering.warm_up()  # after the weights: a missing file is reported at once
         options = EngineOptions(
@@ -182,6 +181,10 @@ class Insid3:
                      ReferenceCache(cache_bytes))
         engine.runtime = runtimes.choose_encoder(runtime, backbone, engine.torch_features, resolved_device, dtype,
                                                  image_size, cache_dir / "encoders" if cache_dir else None)
+        if engine.runtime.name == "torch":
+            backbone.load()  # now: unusable weights are an error at start, not at the first request
+        else:
+            backbone.release()  # the exported encoder holds its own copy of the weights
         basis_tag = str(dtype).removeprefix("torch.") if engine.runtime.name == "torch" else engine.runtime.basis_tag
         engine.basis = load_or_build_basis(  # through the runtime whose features it debiases
             cache_dir, f"{backbone.model_id}-{basis_tag}", image_size, components, engine.encode_tensor,

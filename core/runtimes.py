@@ -3,11 +3,15 @@
 The non-torch runtimes run the backbone exported to ONNX with a dynamic batch. Attention must
 stay fused at 4096 tokens: ONNX Runtime gets opset 23, where attention is one ``Attention`` op
 (dynamo exporter); OpenVINO gets the legacy exporter's opset 18 (MatMul + Softmax), which its CPU
-plugin fuses back into one attention kernel, and which exports ~10x faster. The export is cached
-next to the positional basis, keyed by the weights' sha256, image size, opset, torch and exporter
-versions. Each runtime (name + version) must pass a parity probe against torch on the constant
-image before it is used; the verdict is cached beside the export. Every load re-hashes the model
-bytes: a corrupt, partial or stale entry is rebuilt, never trusted.
+plugin fuses back into one attention kernel, and which exports ~10x faster. The engine compiles
+OpenVINO for one image at a time: static shapes let it plan a smaller memory, and the compiled
+model is cached, so a warm restart imports it without reading the weights or the ONNX file.
+
+Everything is cached next to the positional basis (``core.artifacts``: verified on every load,
+rebuilt when corrupt or stale): the ONNX export keyed by the weights' sha256, image size, opset,
+torch and exporter versions; the compiled OpenVINO model keyed by that, the OpenVINO version, the
+CPU and the thread count. Each runtime must pass a parity probe against torch on the constant
+image before it is used; the verdict is cached per artifact and runtime version.
 
 ``auto`` is torch on CUDA and the fastest installed runtime that passes its probe on the CPU
 (measured: OpenVINO, then ONNX Runtime), falling back to torch.
@@ -21,7 +25,6 @@ import importlib.metadata
 import io
 import json
 import logging
-import os
 import tempfile
 import threading
 import time
@@ -34,9 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.backbone import LoadedBackbone, extract_features
+from core.artifacts import read_json, read_verified, store, verified, writable, write_atomic
+from core.backbone import Backbone, extract_features
 from core.debias import constant_probe
-from core.errors import ConfigurationError
+from core.errors import ConfigurationError, WeightsError
 from core.settings import Runtime
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,7 @@ RUNTIMES = RUNTIME_CHOICES[1:]
 AUTO_ORDER = ("openvino", "onnxruntime")  # fastest first, measured on the CPU (README benchmarks)
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 EXPORTER_VERSION = "1"  # bump whenever export_onnx changes what it writes
+COMPILER_VERSION = "1"  # bump whenever openvino_encoder changes how it compiles
 DEFAULT_OPSET = 23  # the first opset with a fused Attention op
 OPSETS = {"onnxruntime": 23, "openvino": 18}  # what each runtime runs fastest (see the module docstring)
 PROBE_TOLERANCE = 1e-4  # the backbone parity tolerance
@@ -65,6 +70,11 @@ class FeatureEncoder(torch.nn.Module):
         return extract_features(self.model, pixels)
 
 
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
 def runtime_version(name: str) -> str | None:
     """The installed version of a runtime's package, or None when it is not installed."""
     if name == "torch":
@@ -73,11 +83,6 @@ def runtime_version(name: str) -> str | None:
         return importlib.metadata.version(PACKAGES[name])
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def model_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's parameters and buffers (float32)."""
-    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
 def export_onnx(model: torch.nn.Module, path: Path, height: int, width: int | None = None,
@@ -115,8 +120,11 @@ def _quiet(*logger_names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def load_session(name: str, onnx: str, threads: int, cache_dir: Path | None = None) -> Encoder:
-    """An encoder running an ONNX file under ONNX Runtime or OpenVINO on the CPU."""
+# ----------------------------------------------------------------------------------- the sessions
+
+
+def load_session(name: str, onnx: str, threads: int) -> Encoder:
+    """An encoder running an ONNX file (any batch) under ONNX Runtime or OpenVINO on the CPU."""
     if name == "onnxruntime":
         import onnxruntime
 
@@ -131,20 +139,27 @@ def load_session(name: str, onnx: str, threads: int, cache_dir: Path | None = No
     if name == "openvino":
         import openvino
 
-        core = openvino.Core()
-        config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-        if cache_dir is not None:
-            config["CACHE_DIR"] = str(cache_dir / "openvino")  # OpenVINO's own compiled-blob cache
-        compiled = core.compile_model(onnx, "CPU", config)  # from a path: a cached blob skips reading the model
-        request = compiled.create_infer_request()
-        lock = threading.Lock()  # an infer request is not thread-safe; ONNX Runtime's session is
-
-        def infer(images: torch.Tensor) -> torch.Tensor:
-            with lock:
-                return torch.from_numpy(request.infer({0: _numpy(images)})[0].copy())
-
-        return infer
+        return _openvino_infer(openvino.Core().compile_model(onnx, "CPU", _openvino_config(threads)), one_image=False)
     raise ConfigurationError(f"unknown runtime {name!r}; choose {', '.join(RUNTIME_CHOICES)}")
+
+
+def _openvino_config(threads: int) -> dict[str, object]:
+    return {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+
+
+def _openvino_infer(compiled: typing.Any, one_image: bool) -> Encoder:
+    """An encoder calling an OpenVINO compiled model (image by image when it was compiled for one)."""
+    request = compiled.create_infer_request()
+    lock = threading.Lock()  # an infer request is not thread-safe; ONNX Runtime's session is
+
+    def infer(images: torch.Tensor) -> torch.Tensor:
+        pixels = _numpy(images)
+        with lock:
+            if not one_image:
+                return torch.from_numpy(request.infer({0: pixels})[0].copy())
+            return torch.cat([torch.from_numpy(request.infer({0: image[None]})[0].copy()) for image in pixels])
+
+    return infer
 
 
 def _numpy(images: torch.Tensor) -> np.ndarray:
@@ -167,92 +182,99 @@ class ExportKey:
         return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write through a unique temporary file and a rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        handle.write(data)
-    Path(handle.name).replace(path)
+def cached_export(backbone: Backbone, key: ExportKey, cache_dir: Path) -> tuple[Path, str]:
+    """The ONNX file of ``backbone`` at ``key`` in ``cache_dir`` and its sha256: reused if intact, else exported.
 
-
-def _writable(folder: Path | None) -> bool:
-    """Whether ``folder`` exists (or can be made) and can be written to."""
-    if folder is None:
-        return False
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text())
-        return value if isinstance(value, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def cached_export(model: torch.nn.Module, key: ExportKey, cache_dir: Path) -> tuple[Path, str]:
-    """The ONNX file of ``model`` at ``key`` in ``cache_dir`` and its sha256: reused if intact, else exported."""
+    The backbone's weights are only read when the file has to be made.
+    """
     digest = key.digest()
-    model_path, meta_path = cache_dir / f"encoder-{digest}.onnx", cache_dir / f"encoder-{digest}.json"
-    meta = _read_json(meta_path)
-    if meta and meta.get("key") == digest and model_path.is_file():
-        sha256 = file_sha256(model_path)
-        if sha256 == meta.get("sha256"):
-            return model_path, sha256
-    if meta is not None or model_path.exists():
-        log.warning("rebuilding the encoder export %s: missing, corrupt or stale", model_path)
+    path = cache_dir / f"encoder-{digest}.onnx"
+    sha256 = verified(path, digest)
+    if sha256 is not None:
+        return path, sha256
+    if model_bytes(backbone.model) >= MAX_EXPORT_BYTES:
+        raise ConfigurationError(f"model size {backbone.spec.size!r} is over the 2 GB of a single-file ONNX model; "
+                                 "use --runtime torch")
     start = time.perf_counter()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as handle:
-        scratch = Path(handle.name)
-    try:
-        export_onnx(model, scratch, key.image_size, opset=key.opset)
-        sha256 = file_sha256(scratch)
-        scratch.replace(model_path)  # atomic: readers see the old file or the whole new one
-    finally:
-        scratch.unlink(missing_ok=True)
+    sha256 = store(path, digest, lambda scratch: export_onnx(backbone.model, scratch, key.image_size, opset=key.opset),
+                   weights_id=key.weights_id, image_size=key.image_size, opset=key.opset, torch=torch.__version__,
+                   exporter=EXPORTER_VERSION)
     log.info("exported the encoder to ONNX (opset %d) in %.1f s", key.opset, time.perf_counter() - start)
-    _write_atomic(meta_path, json.dumps({
-        "key": digest, "sha256": sha256, "weights_id": key.weights_id, "image_size": key.image_size,
-        "opset": key.opset, "torch": torch.__version__, "exporter": EXPORTER_VERSION,
-    }).encode())
-    return model_path, sha256
+    return path, sha256
+
+
+def onnxruntime_encoder(backbone: Backbone, image_size: int, folder: Path, threads: int) -> tuple[Encoder, str]:
+    """ONNX Runtime on the cached opset-23 export; with the export's sha256 (what the probe verdict is for)."""
+    path, sha256 = cached_export(backbone, ExportKey(backbone.weights_id, image_size, OPSETS["onnxruntime"]), folder)
+    return load_session("onnxruntime", str(path), threads), sha256
+
+
+def openvino_encoder(backbone: Backbone, image_size: int, folder: Path, threads: int) -> tuple[Encoder, str]:
+    """OpenVINO compiled for one image of ``image_size``; with the compiled model's sha256.
+
+    A cached compiled model is imported as it is: no weights, no ONNX file, no compilation.
+    """
+    import openvino
+
+    core, config = openvino.Core(), _openvino_config(threads)
+    export_key = ExportKey(backbone.weights_id, image_size, OPSETS["openvino"])
+    identity = (f"{export_key.digest()}|openvino {runtime_version('openvino')}|{_cpu_identity(core)}|"
+                f"threads {threads}|compiler {COMPILER_VERSION}")
+    key = hashlib.sha256(identity.encode()).hexdigest()[:24]
+    path = folder / f"openvino-{key}.blob"
+    cached = read_verified(path, key)
+    if cached is not None:
+        try:
+            return _openvino_infer(core.import_model(cached[0], "CPU", config), one_image=True), cached[1]
+        except Exception as exc:  # made by another OpenVINO build or CPU after all: compile again
+            log.warning("recompiling %s: %s", path, exc)
+    onnx, _ = cached_export(backbone, export_key, folder)
+    model = core.read_model(str(onnx))
+    model.reshape({0: [1, 3, image_size, image_size]})
+    compiled = core.compile_model(model, "CPU", config)
+
+    def write(scratch: Path) -> None:
+        stream = io.BytesIO()
+        compiled.export_model(stream)
+        scratch.write_bytes(stream.getbuffer())
+
+    sha256 = store(path, key, write, identity=identity)
+    return _openvino_infer(compiled, one_image=True), sha256
+
+
+def _cpu_identity(core: typing.Any) -> str:
+    """The CPU a compiled model is made for: its name and instruction-set flags."""
+    flags = ""
+    with contextlib.suppress(OSError):
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    return f"{core.get_property('CPU', 'FULL_DEVICE_NAME')} {hashlib.sha256(flags.encode()).hexdigest()[:12]}"
 
 
 def probe_parity(name: str, session: Encoder, torch_encoder: Encoder, image_size: int,
-                 onnx_sha256: str, cache_dir: Path | None) -> float:
-    """Max-abs difference of ``session`` to torch on the constant probe (cached per model and runtime version)."""
-    record = cache_dir / f"parity-{name}-{onnx_sha256[:24]}.json" if cache_dir else None
+                 artifact_sha256: str, cache_dir: Path | None) -> float:
+    """Max-abs difference of ``session`` to torch on the constant probe (cached per artifact and runtime version)."""
+    record = cache_dir / f"parity-{name}-{artifact_sha256[:24]}.json" if cache_dir else None
     version = runtime_version(name)
     if record is not None:
-        cached = _read_json(record)
-        if cached and cached.get("version") == version and cached.get("sha256") == onnx_sha256:
+        cached = read_json(record)
+        if cached and cached.get("version") == version and cached.get("sha256") == artifact_sha256:
             return float(cached["max_abs"])
     probe = constant_probe(image_size)
     max_abs = float((session(probe) - torch_encoder(probe)).abs().max())
     if record is not None:
         try:
-            _write_atomic(record, json.dumps({"runtime": name, "version": version, "sha256": onnx_sha256,
-                                              "max_abs": max_abs}).encode())
+            write_atomic(record, json.dumps({"runtime": name, "version": version, "sha256": artifact_sha256,
+                                             "max_abs": max_abs}).encode())
         except OSError as exc:
             log.warning("could not record the parity probe in %s: %s", record.parent, exc)
     return max_abs
 
 
 # ------------------------------------------------------------------------------------ the choice
+
+LOADERS: dict[str, Callable[[Backbone, int, Path, int], tuple[Encoder, str]]] = {
+    "onnxruntime": onnxruntime_encoder, "openvino": openvino_encoder,
+}
 
 
 @dataclass(frozen=True)
@@ -269,41 +291,41 @@ class ChosenEncoder:
         return f"{self.name}-{self.version}"
 
 
-def candidates(runtime: str, device: torch.device, dtype: torch.dtype, backbone: LoadedBackbone) -> list[str]:
+def candidates(runtime: str, device: torch.device, dtype: torch.dtype) -> list[str]:
     """The exported runtimes to try in order before torch; an explicit impossible choice is an error."""
     if runtime not in RUNTIME_CHOICES:
         raise ConfigurationError(f"unknown runtime {runtime!r}; choose {', '.join(RUNTIME_CHOICES)}")
     if runtime == "torch":
         return []
-    exportable = device.type == "cpu" and dtype == torch.float32 and model_bytes(backbone.model) < MAX_EXPORT_BYTES
+    exportable = device.type == "cpu" and dtype == torch.float32
     if runtime == "auto":
         return [name for name in AUTO_ORDER if exportable and runtime_version(name)]
     if not exportable:
         raise ConfigurationError(
-            f"runtime {runtime!r} runs fp32 on the CPU for models under 2 GB; use --runtime torch "
-            f"for device {device}, precision {str(dtype).removeprefix('torch.')}, model {backbone.spec.size!r}"
+            f"runtime {runtime!r} runs fp32 on the CPU; use --runtime torch "
+            f"for device {device}, precision {str(dtype).removeprefix('torch.')}"
         )
     if runtime_version(runtime) is None:
         raise ConfigurationError(f"runtime {runtime!r} is not installed: pip install '{PACKAGES[runtime]}'")
     return [runtime]
 
 
-def choose_encoder(runtime: str, backbone: LoadedBackbone, torch_encoder: Encoder, device: torch.device,
+def choose_encoder(runtime: str, backbone: Backbone, torch_encoder: Encoder, device: torch.device,
                    dtype: torch.dtype, image_size: int, cache_dir: Path | None) -> ChosenEncoder:
     """The encoder of ``runtime`` (``auto``: the first candidate that exports and passes its probe, else torch)."""
     threads = torch.get_num_threads()
-    cache_dir = cache_dir if _writable(cache_dir) else None
-    for name in candidates(runtime, device, dtype, backbone):
+    cache_dir = cache_dir if writable(cache_dir) else None
+    for name in candidates(runtime, device, dtype):
         try:
             with contextlib.ExitStack() as stack:  # no cache: export to a folder removed once loaded
                 folder = cache_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
-                key = ExportKey(backbone.weights_id, image_size, OPSETS[name])
-                path, sha256 = cached_export(backbone.model, key, folder)
-                session = load_session(name, str(path), threads, cache_dir)
+                session, sha256 = LOADERS[name](backbone, image_size, folder, threads)
             max_abs = probe_parity(name, session, torch_encoder, image_size, sha256, cache_dir)
             if max_abs > PROBE_TOLERANCE:
                 raise ConfigurationError(f"runtime {name!r} differs from torch by {max_abs:.3g} > {PROBE_TOLERANCE:g}")
             return ChosenEncoder(name, runtime_version(name) or "", session)
+        except WeightsError:
+            raise  # the weights themselves are unusable: no runtime can help
         except Exception as exc:  # auto moves on to the next runtime; an explicit choice reports why
             if runtime != "auto":
                 raise ConfigurationError(f"runtime {name!r} unavailable: {exc}") from None

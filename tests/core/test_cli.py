@@ -1,8 +1,9 @@
 """The insid3 command: segment, match, make-checkpoint, and errors without stack traces.
 
 ``segment`` runs as a real ``python -m insid3`` process (the console entry point, with HOME in the
-test folder for the basis cache); make-checkpoint, match (with --basis-cache-dir) and the error paths call
-``insid3.cli.main(argv)`` in-process."""
+test folder and the cache folder from ``INSID3_BASIS_CACHE_DIR``); make-checkpoint, match (with
+--basis-cache-dir) and the error paths call ``insid3.cli.main(argv)`` in-process. The checkpoint is the
+session's (same seed, same file name, so the same bytes): both commands start from the warm cache."""
 
 from __future__ import annotations
 
@@ -20,21 +21,25 @@ from tests.support.paths import REPO_ROOT
 INSID3 = [sys.executable, "-m", "insid3"]
 
 
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*INSID3, *args], capture_output=True, text=True, cwd=cwd, check=False,
-                          env={"PYTHONPATH": str(REPO_ROOT), "HOME": str(cwd)})
+                          env={"PYTHONPATH": str(REPO_ROOT), "HOME": str(cwd), "INSID3_BASIS_CACHE_DIR": str(cache)})
 
 
-def test_make_checkpoint_segment_and_match(tmp_path: Path, scene, monkeypatch, capsys) -> None:
+def test_make_checkpoint_segment_and_match(tmp_path: Path, scene, tiny_checkpoint: Path, basis_cache_dir: Path,
+                                           monkeypatch, capsys) -> None:
     image, mask = scene
     Image.fromarray(image).save(tmp_path / "ref.png")
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "ref_mask.png")
     Image.fromarray(np.roll(image, 25, axis=1)).save(tmp_path / "target.jpg")
-    assert insid3(["make-checkpoint", "--model-size", "tiny", "--out", str(tmp_path / "w" / "tiny.pth"),
-                   "--seed", "1"]) == 0
-    engine = ["--model-size", "tiny", "--weights", "w/tiny.pth", "--image-size", "64", "--device", "cpu"]
+    weights = tmp_path / "w" / tiny_checkpoint.name
+    assert insid3(["make-checkpoint", "--model-size", "tiny", "--out", str(weights), "--seed", "0"]) == 0
+    assert weights.read_bytes() == tiny_checkpoint.read_bytes()
+    engine = ["--model-size", "tiny", "--weights", str(weights.relative_to(tmp_path)), "--image-size", "64",
+              "--device", "cpu"]
 
-    segmented = _run("segment", "ref.png", "ref_mask.png", "target.jpg", "--out", "out", *engine, cwd=tmp_path)
+    segmented = _run("segment", "ref.png", "ref_mask.png", "target.jpg", "--out", "out", *engine, cwd=tmp_path,
+                     cache=basis_cache_dir)
     assert segmented.returncode == 0, segmented.stderr
     mask_out = np.asarray(Image.open(tmp_path / "out" / "target_mask.png"))
     assert mask_out.shape == (96, 160) and set(np.unique(mask_out)) <= {0, 255}
@@ -45,7 +50,7 @@ def test_make_checkpoint_segment_and_match(tmp_path: Path, scene, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
     assert insid3(["match", "ref.png", "target.jpg", "--point", "60,40", "--point", "10,10", "--out", "out",
-                   "--basis-cache-dir", str(tmp_path / "basis"), *engine]) == 0
+                   "--basis-cache-dir", str(basis_cache_dir), *engine]) == 0
     assert capsys.readouterr().out.count("->") == 2
     assert (tmp_path / "out" / "target_matches.png").is_file()
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from core import runtimes
+from core.artifacts import file_sha256, verified
 from core.engine import Insid3
 from core.errors import ConfigurationError
 
@@ -60,33 +61,58 @@ def test_each_runtime_gives_torchs_features_basis_and_masks(engines: dict[str, I
         assert np.array_equal(engine.segment(target, [engine.encode_reference(image, mask)]).mask, expected)
 
 
-def test_a_warm_restart_reuses_the_export_and_the_parity_verdict(
+def test_a_warm_restart_reuses_the_export_and_the_parity_verdict_without_reading_the_weights(
     engines: dict[str, Insid3], tiny_checkpoint: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import core.backbone
+
     def never(*args: object, **kwargs: object) -> None:
-        raise AssertionError("re-exported or re-probed a cached encoder")
+        raise AssertionError("re-exported, re-compiled, re-probed or read the weights of a cached encoder")
 
     monkeypatch.setattr(runtimes, "export_onnx", never)
     monkeypatch.setattr(runtimes, "constant_probe", never)
+    monkeypatch.setattr(core.backbone, "read_state_dict", never)
     for name in ("onnxruntime", "openvino"):
-        assert build(tiny_checkpoint, cache, name).runtime.name == name
+        engine = build(tiny_checkpoint, cache, name)
+        assert engine.runtime.name == name and engine.encode_tensor(torch.zeros(1, 3, SIZE, SIZE)).shape[0] == 1
 
 
-def test_a_corrupt_or_stale_export_is_rebuilt(engines: dict[str, Insid3], tiny_checkpoint: Path,
-                                               cache: Path) -> None:
-    for meta in (cache / "encoders").glob("encoder-*.json"):
-        if json.loads(meta.read_text())["opset"] == runtimes.OPSETS["openvino"]:
-            model = meta.with_suffix(".onnx")
-    original = model.read_bytes()
-    model.write_bytes(original[: len(original) // 2])  # truncated
+def _artifact(cache: Path, pattern: str, **record: object) -> Path:
+    """The one cached file matching ``pattern`` whose JSON record holds ``record``."""
+    stem, suffix = pattern.rsplit(".", 1)
+    (path,) = [meta.with_suffix(f".{suffix}") for meta in (cache / "encoders").glob(f"{stem}.json")
+               if record.items() <= json.loads(meta.read_text()).items()]
+    return path
+
+
+def _same_features(engine: Insid3, reference: Insid3) -> bool:
+    images = torch.randn(2, 3, SIZE, SIZE)
+    return bool((engine.encode_tensor(images) - reference.encode_tensor(images)).abs().max() <= 1e-4)
+
+
+def test_a_corrupt_or_stale_export_or_compiled_model_is_rebuilt(engines: dict[str, Insid3], tiny_checkpoint: Path,
+                                                                cache: Path) -> None:
+    onnx = _artifact(cache, "encoder-*.onnx", opset=runtimes.OPSETS["onnxruntime"])
+    original = onnx.read_bytes()
+    onnx.write_bytes(original[: len(original) // 2])  # truncated
+    engine = build(tiny_checkpoint, cache, "onnxruntime")
+    assert onnx.read_bytes() == original and _same_features(engine, engines["torch"])
+
+    blob = _artifact(cache, "openvino-*.blob")
+    blob.write_bytes(blob.read_bytes()[:1000])  # truncated: recompiled from the cached export
     engine = build(tiny_checkpoint, cache, "openvino")
-    assert model.read_bytes() == original and engine.runtime.name == "openvino"
-    meta = model.with_suffix(".json")
-    meta.write_text("{not json")
-    images = torch.randn(1, 3, SIZE, SIZE)
-    rebuilt = build(tiny_checkpoint, cache, "openvino")
-    assert json.loads(meta.read_text())["sha256"] == runtimes.file_sha256(model)
-    assert (rebuilt.encode_tensor(images) - engines["torch"].encode_tensor(images)).abs().max() <= 1e-4
+    assert verified(blob, json.loads(blob.with_suffix(".json").read_text())["key"])
+    assert _same_features(engine, engines["torch"])
+
+    blob.with_suffix(".json").write_text("{not json")  # a broken record: rebuilt
+    assert _same_features(build(tiny_checkpoint, cache, "openvino"), engines["torch"])
+    assert json.loads(blob.with_suffix(".json").read_text())["sha256"] == file_sha256(blob)
+
+    blob.write_bytes(b"not an OpenVINO model")  # intact on disk but unloadable (another OpenVINO build)
+    record = json.loads(blob.with_suffix(".json").read_text())
+    blob.with_suffix(".json").write_text(json.dumps({**record, "sha256": file_sha256(blob)}))
+    assert _same_features(build(tiny_checkpoint, cache, "openvino"), engines["torch"])
+    assert blob.read_bytes() != b"not an OpenVINO model"
 
 
 def test_auto_never_picks_a_missing_or_failing_runtime(engines: dict[str, Insid3], tiny_checkpoint: Path,
@@ -102,15 +128,14 @@ def test_auto_never_picks_a_missing_or_failing_runtime(engines: dict[str, Insid3
         build(tiny_checkpoint, None, "onnxruntime")
 
 
-def test_exported_runtimes_are_cpu_fp32_only(engines: dict[str, Insid3]) -> None:
-    backbone = engines["torch"].backbone
+def test_exported_runtimes_are_cpu_fp32_only() -> None:
     cpu = torch.device("cpu")
     with pytest.raises(ConfigurationError, match="fp32 on the CPU"):
-        runtimes.candidates("openvino", cpu, torch.bfloat16, backbone)
-    assert runtimes.candidates("auto", cpu, torch.bfloat16, backbone) == []
-    assert runtimes.candidates("auto", torch.device("cuda"), torch.bfloat16, backbone) == []
+        runtimes.candidates("openvino", cpu, torch.bfloat16)
+    assert runtimes.candidates("auto", cpu, torch.bfloat16) == []
+    assert runtimes.candidates("auto", torch.device("cuda"), torch.bfloat16) == []
     with pytest.raises(ConfigurationError, match="unknown runtime"):
-        runtimes.candidates("tensorrt", cpu, torch.float32, backbone)
+        runtimes.candidates("tensorrt", cpu, torch.float32)
 
 
 def test_insid3_export_writes_a_triton_repository(tiny_checkpoint: Path, engines: dict[str, Insid3],
