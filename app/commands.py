@@ -19,17 +19,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Build the settings (options over environment) and run uvicorn until interrupted."""
+    """Build the settings (options over environment) and run uvicorn until interrupted.
+
+    Unusable settings or API keys stop it before the engine (torch, the model) is even imported.
+    """
     import logging
+
+    from app.auth import KeyRing
+
+    settings = Settings.from_args(args)
+    keyring = KeyRing.of(settings)
 
     import uvicorn
 
     from app.main import create_app
 
-    settings = Settings.from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+        create_app(settings, keyring=keyring), host=settings.host, port=settings.port, log_level=settings.log_level,
         timeout_graceful_shutdown=settings.request_timeout_s,
     )
     return 0

@@ -64,11 +64,12 @@ def _add_middleware(app: FastAPI, settings: Settings, keyring: KeyRing) -> None:
     app.add_middleware(MetricsMiddleware)
 
 
-def create_app(settings: Settings | None = None, backend: InferenceBackend | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, backend: InferenceBackend | None = None,
+               keyring: KeyRing | None = None) -> FastAPI:
     """The FastAPI app serving ``settings`` (default: from the environment); ``ConfigurationError``
     for unusable API keys."""
     settings = settings or Settings()
-    keyring = KeyRing.of(settings)
+    keyring = keyring or KeyRing.of(settings)
     backend = backend or make_backend(settings)
 
     @asynccontextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,15 +35,7 @@ from core.defaults import (
     DEFAULT_TAU,
 )
 from core.errors import ConfigurationError, IncompatibleReferenceError, InvalidInputError
-from core.images import (
-    ImageInput,
-    check_mask,
-    load_image,
-    load_mask,
-    mask_to_tensor,
-    pixels_to_tensor,
-    resize_square,
-)
+from core.images import ImageInput, check_mask, load_image, load_mask, mask_to_tensor, pixels_to_tensor, resize_square
 from core.pipeline import downsample_mask, match_keypoints, segment_grid, upsample_mask
 from core.requests import DEFAULT_TENANT, MatchRequest, ReferenceRequest, Request, SegmentRequest, reference_ids
 from core.serving import ReferenceNotFound
@@ -170,8 +163,6 @@ class Insid3:
         cache_dir = Path(basis_cache_dir) if basis_cache_dir else None
         backbone = load_backbone(spec, None if weights is None else str(weights), weights_tag, Path(pretrain_dir),
                                  cache_dir / "hashes" if cache_dir else None, resolved_device)
-        if resolved_device.type == "cpu":
-            clustering.warm_up()  # after the weights: a missing file is reported at once
         options = EngineOptions(
             image_size=image_size, svd_components=components, tau=tau, merge_threshold=merge_threshold,
             resize_to_original=resize_to_original, crf=crf, max_pixels=max_pixels,
@@ -179,17 +170,28 @@ class Insid3:
         )
         engine = cls(backbone, torch.zeros(spec.embed_dim, 0), options, resolved_device, dtype,
                      ReferenceCache(cache_bytes))
-        engine.runtime = runtimes.choose_encoder(runtime, backbone, engine.torch_features, resolved_device, dtype,
-                                                 image_size, cache_dir / "encoders" if cache_dir else None)
-        if engine.runtime.name == "torch":
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="insid3-warm-up") as background:
+            # The CPU clustering kernel loads (numba) while the encoder is prepared: a shorter restart.
+            warming = background.submit(clustering.warm_up) if resolved_device.type == "cpu" else None
+            engine._prepare_encoder(runtime, cache_dir)
+            if warming is not None:
+                warming.result()
+        return engine
+
+    def _prepare_encoder(self, runtime: str, cache_dir: Path | None) -> None:
+        """Choose the encoder runtime, build or drop the torch model for it, and load its positional basis."""
+        backbone = self.backbone
+        self.runtime = runtimes.choose_encoder(runtime, backbone, self.torch_features, self.device, self.dtype,
+                                               self.image_size, cache_dir / "encoders" if cache_dir else None)
+        if self.runtime.name == "torch":
             backbone.load()  # now: unusable weights are an error at start, not at the first request
         else:
             backbone.release()  # the exported encoder holds its own copy of the weights
-        basis_tag = str(dtype).removeprefix("torch.") if engine.runtime.name == "torch" else engine.runtime.basis_tag
-        engine.basis = load_or_build_basis(  # through the runtime whose features it debiases
-            cache_dir, f"{backbone.model_id}-{basis_tag}", image_size, components, engine.encode_tensor,
-        ).to(resolved_device)
-        return engine
+        basis_tag = str(self.dtype).removeprefix("torch.") if self.runtime.name == "torch" else self.runtime.basis_tag
+        self.basis = load_or_build_basis(  # through the runtime whose features it debiases
+            cache_dir, f"{backbone.model_id}-{basis_tag}", self.image_size, self.options.svd_components,
+            self.encode_tensor,
+        ).to(self.device)
 
     # ------------------------------------------------------------------------------- identity
 

@@ -19,7 +19,6 @@ import pytest
 from app.auth import KeyRing
 from app.main import create_app
 from app.settings import Settings
-from tests.app.conftest import tiny_args
 from tests.support.api import assert_error, create_reference, segment
 from tests.support.fake_backend import FakeBackend
 from tests.support.images import REFERENCE, TARGET
@@ -152,15 +151,15 @@ def _status_line_within(port: int, request: bytes, timeout_s: float) -> bytes:
         return sock.recv(4096).split(b"\r\n", 1)[0]
 
 
-def test_401_comes_before_the_body_is_read(start_server, tiny_checkpoint: Path) -> None:
-    server = start_server(tiny_args(tiny_checkpoint), {"INSID3_API_KEYS": KEY})
+def test_401_comes_before_the_body_is_read(keyed: str) -> None:
+    port = httpx.URL(keyed).port
     head = (b"POST /references HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             b"Content-Length: 10000000\r\n\r\n--b\r\n")
     started = time.monotonic()
-    status = _status_line_within(server.port, head, timeout_s=10)
+    status = _status_line_within(port, head, timeout_s=10)
     assert status.startswith(b"HTTP/1.1 401") and time.monotonic() - started < 5
     wrong = head.replace(b"Host: x\r\n", b"Host: x\r\nX-API-Key: nope\r\n")
-    assert _status_line_within(server.port, wrong, timeout_s=10).startswith(b"HTTP/1.1 401")
+    assert _status_line_within(port, wrong, timeout_s=10).startswith(b"HTTP/1.1 401")
 
 
 def test_metrics_and_docs_protection_follow_the_settings(keyed: str) -> None:

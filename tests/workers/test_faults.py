@@ -51,14 +51,16 @@ class Pool:
         return httpx.post(f"{self.url}/references", timeout=60,
                           files={"image": ("r.png", scene.png), "mask": ("m.png", scene.mask_png)})
 
-    def segment(self, count: int, timeout_s: float = 30.0) -> list[httpx.Response]:
-        """``count`` concurrent /segment requests with the stored reference."""
+    def segment(self, count: int, timeout_s: float = 30.0, references: list[str] | None = None) -> list[httpx.Response]:
+        """``count`` concurrent /segment requests, the i-th with ``references[i % len]`` (default: the stored one)."""
+        references = references or [self.reference_id]
+
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=timeout_s + 30) as client:
                 return list(await asyncio.gather(*(
                     client.post(f"{self.url}/segment", headers={"X-Request-Timeout": str(timeout_s)},
                                 files={"target": ("t.png", small_scene(100 + i).png)},
-                                data={"reference_ids": self.reference_id})
+                                data={"reference_ids": references[i % len(references)]})
                     for i in range(count))))
 
         return asyncio.run(burst())
@@ -186,12 +188,7 @@ def test_a_worker_of_another_image_size_never_causes_a_409(pool: Pool, capsys: p
     odd = pool.launcher.worker("odd", port, "--image-size", str(IMAGE_SIZE + 32))
     try:
         ids = [pool.reference_id] + [pool.create_reference(20 + i).json()["reference_id"] for i in range(3)]
-        statuses = []
-        for i in range(36):
-            response = httpx.post(f"{pool.url}/segment", timeout=60, files={"target": ("t.png", small_scene(i).png)},
-                                  data={"reference_ids": ids[i % len(ids)]})
-            statuses.append(response.status_code)
-        assert statuses == [200] * 36
+        assert [response.status_code for response in pool.segment(36, references=ids)] == [200] * 36
         assert scrape(port)['insid3_worker_jobs_total{outcome="processed"}'] == 0  # it serves no job of ours
         assert len(httpx.get(f"{pool.url}/readyz").json()["models"]) == 2  # the mixed pool is visible
         assert "mixed pool: live workers serve 2 models" in queue_cli(pool.launcher, capsys, "stats")
