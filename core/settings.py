@@ -53,7 +53,7 @@ class EngineSettings(BaseSettings):
     crf: bool = Field(False, description="refine mask boundaries with a dense CRF (extra 'crf')")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     precision: Precision = Field("auto", description="encoder precision (auto: bf16 on CUDA, fp32 on the CPU)")
-    basis_cache_dir: Path = Field(DEFAULT_BASIS_CACHE, description="positional-basis cache")
+    basis_cache_dir: Path = Field(DEFAULT_BASIS_CACHE, description="positional-basis and exported-encoder cache")
     cache_bytes: int = Field(DEFAULT_CACHE_BYTES, ge=0, description="in-process LRU of reference features, bytes")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decoded pixels per image (413 beyond)")
     runtime: Runtime = Field("auto", description="encoder runtime (auto: the fastest parity-checked one on "
