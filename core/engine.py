@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,12 +169,9 @@ class Insid3:
         )
         engine = cls(backbone, torch.zeros(spec.embed_dim, 0), options, resolved_device, dtype,
                      ReferenceCache(cache_bytes))
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="insid3-warm-up") as background:
-            # The CPU clustering kernel loads (numba) while the encoder is prepared: a shorter restart.
-            warming = background.submit(clustering.warm_up) if resolved_device.type == "cpu" else None
-            engine._prepare_encoder(runtime, cache_dir)
-            if warming is not None:
-                warming.result()
+        if resolved_device.type == "cpu":
+            clustering.warm_up()  # after the weights: a missing file is reported at once
+        engine._prepare_encoder(runtime, cache_dir)
         return engine
 
     def _prepare_encoder(self, runtime: str, cache_dir: Path | None) -> None:
