@@ -12,7 +12,7 @@ import torch
 from core import runtimes
 from core.artifacts import file_sha256, verified
 from core.engine import Insid3
-from core.errors import ConfigurationError
+from core.errors import ConfigurationError, CorruptWeightsError
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -126,6 +126,14 @@ def test_auto_never_picks_a_missing_or_failing_runtime(engines: dict[str, Insid3
     assert build(tiny_checkpoint, None, "auto").runtime.name == "torch"
     with pytest.raises(ConfigurationError, match="not installed"):
         build(tiny_checkpoint, None, "onnxruntime")
+
+
+def test_unusable_weights_are_their_own_error_under_every_runtime(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    for name in runtimes.RUNTIME_CHOICES:  # never "runtime unavailable", never a silent fall back to torch
+        with pytest.raises(CorruptWeightsError, match="corrupt"):
+            build(corrupt, tmp_path / "cache", name)
 
 
 def test_exported_runtimes_are_cpu_fp32_only() -> None:
