@@ -22,7 +22,7 @@ from tests.support.net import eventually, free_port
 from tests.support.redis_server import RedisServer
 from tests.workers.conftest import database_url
 from tests.workers.helpers import IMAGE_SIZE, Launcher, queue_cli
-from workers.keys import DEFAULT_KEYS, GROUP
+from workers.keys import DEFAULT_KEYS, GROUP, inbox_alive
 
 BURST = 16
 # Default liveness settings; a batching window long enough that a worker visibly holds the jobs of a
@@ -130,7 +130,7 @@ def test_sigstop_beyond_the_deadline_then_sigcont_answers_every_request_once(poo
     before = pool.processed()
     name = next(n for n in pool.metrics if n != "w2")
     responses, stopped_at = burst_with_fault(pool, name, signal.SIGSTOP, timeout_s=8)
-    time.sleep(max(0.0, stopped_at + 10 - time.monotonic()))  # paused for longer than the requests' deadline
+    time.sleep(max(0.0, stopped_at + 8.5 - time.monotonic()))  # paused for longer than the requests' deadline (8 s)
     os.kill(pool.workers[name].pid, signal.SIGCONT)
     assert [r.status_code for r in responses] == [200] * BURST
     eventually(lambda: pool.pending_of(name) == 0, 30, "the resumed worker to settle")
@@ -223,7 +223,9 @@ def test_the_jobs_of_a_killed_api_are_dropped_unrun(pool: Pool) -> None:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run(burst())
-        time.sleep(4)  # the killed API's inbox liveness lapses (3 s)
+        live_inboxes = inbox_alive(DEFAULT_KEYS.inbox("*"))  # the pool's API's and, until it lapses, the killed one's
+        eventually(lambda: len(list(pool.launcher.redis.scan_iter(match=live_inboxes))) == 1, 10,
+                   "the killed API's inbox liveness to lapse (3 s)")
     finally:
         for worker in workers:
             worker.send(signal.SIGCONT)
