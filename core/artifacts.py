@@ -1,4 +1,7 @@
-"""Verified files in a cache folder: the exported and compiled encoders next to the positional basis.
+"""Atomic file writes, and verified files in a cache folder (the exported and compiled encoders).
+
+Every file the project writes for later (caches, weights-hash memos, evaluation state) goes through
+``make_atomic``: a unique temporary name, flushed, then renamed into place.
 
 Every artifact (an ONNX export, a compiled OpenVINO model) is a file plus a JSON record holding
 the key it was made for and the sha256 of its bytes. Files are written through a temporary name
@@ -19,12 +22,24 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a unique temporary file and a rename: readers never see a partial file."""
+def make_atomic(path: Path, make: Callable[[Path], None]) -> None:
+    """Make ``path`` with ``make(scratch)`` on a unique temporary file, flushed to disk and renamed into
+    place: readers (other processes sharing the folder too) see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        handle.write(data)
-    Path(handle.name).replace(path)
+        scratch = Path(handle.name)
+    try:
+        make(scratch)
+        with scratch.open("rb") as made:
+            os.fsync(made.fileno())
+        scratch.replace(path)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (``make_atomic``)."""
+    make_atomic(path, lambda scratch: scratch.write_bytes(data))
 
 
 def writable(folder: Path | None) -> bool:
@@ -88,15 +103,14 @@ def _checked(path: Path, recorded: str | None, sha256: str | None) -> str | None
 
 
 def store(path: Path, key: str, make: Callable[[Path], None], **record: object) -> str:
-    """Make ``path`` with ``make(scratch)``, rename it into place and record ``key`` and its sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        scratch = Path(handle.name)
-    try:
+    """Make ``path`` with ``make(scratch)`` atomically and record ``key`` and its sha256 beside it."""
+    hashed: list[str] = []
+
+    def make_and_hash(scratch: Path) -> None:
         make(scratch)
-        sha256 = file_sha256(scratch)
-        scratch.replace(path)  # atomic: readers see the old file or the whole new one
-    finally:
-        scratch.unlink(missing_ok=True)
+        hashed.append(file_sha256(scratch))
+
+    make_atomic(path, make_and_hash)
+    sha256 = hashed[0]
     write_atomic(path.with_suffix(".json"), json.dumps({"key": key, "sha256": sha256, **record}).encode())
     return sha256

@@ -9,6 +9,7 @@ model without them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from core.artifacts import file_sha256, read_json, write_atomic
 from core.errors import ArchitectureMismatchError, CorruptWeightsError, WeightsNotFoundError
 from core.specs import SPECS, BackboneSpec
 
@@ -173,24 +175,18 @@ def load_state_dict_into(model: torch.nn.Module, spec: BackboneSpec, state: dict
         raise ArchitectureMismatchError(f"{source} does not fit model size {spec.size!r}: {exc}") from None
 
 
-def file_sha256(path: Path, memo_dir: Path | None) -> str:
+def weights_sha256(path: Path, memo_dir: Path | None) -> str:
     """sha256 of a weights file, memoised per (path, size, mtime) so a restart does not re-hash."""
     stat = path.stat()
     memo_key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
     memo = memo_dir / f"{memo_key}.json" if memo_dir is not None else None
-    if memo is not None and memo.is_file():
-        return json.loads(memo.read_text())["sha256"]
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    value = digest.hexdigest()
+    remembered = read_json(memo) if memo is not None else None
+    if remembered and isinstance(remembered.get("sha256"), str):
+        return remembered["sha256"]
+    value = file_sha256(path)
     if memo is not None:
-        try:
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            memo.write_text(json.dumps({"path": str(path), "sha256": value}))
-        except OSError:
-            pass  # a read-only cache only costs a re-hash next time
+        with contextlib.suppress(OSError):  # a read-only cache only costs a re-hash next time
+            write_atomic(memo, json.dumps({"path": str(path), "sha256": value}).encode())
     return value
 
 
@@ -226,7 +222,7 @@ def load_backbone(spec: BackboneSpec, weights: str | None, weights_tag: str, pre
         load_state_dict_into(model, spec, read_state_dict(path), f"weights file {str(path)!r}")
         return model.to(device)
 
-    return Backbone(spec, file_sha256(path, hash_cache_dir)[:12], from_file)
+    return Backbone(spec, weights_sha256(path, hash_cache_dir)[:12], from_file)
 
 
 def extract_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from core.artifacts import make_atomic
 from core.images import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,7 @@ def load_or_build_basis(
     basis = positional_basis(encode_probe(constant_probe(image_size))[0].float().cpu(), components)
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # A unique temporary name: workers sharing the cache volume may write at the same time.
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-                torch.save(basis, handle)
-            Path(handle.name).replace(path)
+            make_atomic(path, lambda scratch: torch.save(basis, scratch))  # workers may share the cache volume
         except OSError as exc:
             log.warning("could not cache the positional basis in %s: %s", path.parent, exc)
     return basis

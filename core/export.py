@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 from core.errors import ConfigurationError
@@ -44,6 +43,7 @@ def export(model_size: str, weights: str | None, image_size: int, out: Path, svd
     import numpy as np
     import torch
 
+    from core.artifacts import make_atomic
     from core.backbone import load_backbone
     from core.debias import constant_probe, positional_basis
     from core.images import IMAGENET_MEAN, IMAGENET_STD
@@ -57,9 +57,7 @@ def export(model_size: str, weights: str | None, image_size: int, out: Path, svd
     model_dir = out / MODEL_NAME
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     onnx_path = model_dir / "1" / "model.onnx"
-    with tempfile.NamedTemporaryFile(dir=onnx_path.parent, suffix=".tmp", delete=False) as handle:
-        export_onnx(backbone.model, Path(handle.name), image_size, opset=opset)
-    Path(handle.name).replace(onnx_path)
+    make_atomic(onnx_path, lambda scratch: export_onnx(backbone.model, scratch, image_size, opset=opset))
     probe = constant_probe(image_size)
     with torch.no_grad():
         reference = FeatureEncoder(backbone.model)(probe)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.artifacts import write_atomic
 from evaluation.errors import ResumeError
 from evaluation.sampling import new_rng, rng_from_json, rng_state_to_json
 
@@ -30,15 +31,6 @@ LOG_FILE = "log.txt"
 
 Record = dict[str, Any]
 Restored = tuple[np.random.RandomState, list[Record]]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def to_json(value: Any) -> str:
@@ -108,7 +100,7 @@ class RunDir:
                 return self._restore()
         for name in (RECORDS_FILE, CHECKPOINT_FILE, RESULTS_FILE):
             (self.path / name).unlink(missing_ok=True)
-        _write_atomic(self.path / RUN_FILE, to_json(identity))
+        write_atomic(self.path / RUN_FILE, to_json(identity).encode())
         torch.manual_seed(identity["seed"])
         return new_rng(identity["seed"]), []
 
@@ -136,7 +128,7 @@ class RunDir:
             raise ResumeError(
                 f"cannot resume {self.path}: {RECORDS_FILE} does not hold episodes 0..{done - 1}"
             )
-        _write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
         return records
 
     def commit(self, records: list[Record], next_index: int, rng: np.random.RandomState) -> None:
@@ -146,8 +138,8 @@ class RunDir:
             handle.flush()
             os.fsync(handle.fileno())
         checkpoint = {"next_index": next_index, "rng": rng_state_to_json(rng), "torch": _torch_state()}
-        _write_atomic(self.path / CHECKPOINT_FILE, json.dumps(checkpoint))
+        write_atomic(self.path / CHECKPOINT_FILE, json.dumps(checkpoint).encode())
 
     def write_results(self, results: dict[str, Any]) -> None:
         """Write ``results.json``."""
-        _write_atomic(self.path / RESULTS_FILE, to_json(results))
+        write_atomic(self.path / RESULTS_FILE, to_json(results).encode())
