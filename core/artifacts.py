@@ -1,7 +1,7 @@
 """Atomic file writes, and verified files in a cache folder (the exported and compiled encoders).
 
-Every file the project writes for later (caches, weights-hash memos, evaluation state) goes through
-``make_atomic``: a unique temporary name, flushed, then renamed into place.
+The engine's caches (encoders, positional basis, weights-hash memos) and the evaluation state are
+written through ``make_atomic``: a unique temporary name, flushed, then renamed into place.
 
 Every artifact (an ONNX export, a compiled OpenVINO model) is a file plus a JSON record holding
 the key it was made for and the sha256 of its bytes. Files are written through a temporary name
