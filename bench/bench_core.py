@@ -135,7 +135,7 @@ def _export_of(cache: str, opset: int) -> Path:
     import json
 
     for meta in Path(cache).glob("encoders/encoder-*.json"):
-        if json.loads(meta.read_text())["opset"] == opset:
+        if json.loads(meta.read_text())["made_from"]["opset"] == opset:
             return meta.with_suffix(".onnx")
     raise FileNotFoundError(f"no opset {opset} export in {cache}")
 

@@ -1,25 +1,37 @@
-"""Atomic file writes, and verified files in a cache folder (the exported and compiled encoders).
+"""Atomic file writes, and verified files in a cache folder (exported encoders, the positional basis).
 
 The engine's caches (encoders, positional basis, weights-hash memos) and the evaluation state are
 written through ``make_atomic``: a unique temporary name, flushed, then renamed into place.
 
-Every artifact (an ONNX export, a compiled OpenVINO model) is a file plus a JSON record holding
-the key it was made for and the sha256 of its bytes. Files are written through a temporary name
-and a rename, so readers never see a partial file, and every load re-hashes the bytes: a
-corrupt, partial or stale entry is rebuilt, never trusted.
+A verified file (``store`` / ``read_verified``) is a file plus a JSON record of what it was made
+from (weights, image size, components, versions...), the sha256 of its bytes, and an HMAC of both
+under the folder's private key (``.artifacts-key``, made once, readable by this user only): a
+record written by anyone else does not verify. A load reads the bytes once, hashes those bytes
+and hands the same bytes to the loader, so a file swapped after the check is never used. A
+missing, corrupt, stale or forged entry is logged and rebuilt, never trusted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+KEY_FILE = ".artifacts-key"  # per cache folder: signs the records of its verified files
+KEY_BYTES = 32
+_PROCESS_KEY = secrets.token_bytes(KEY_BYTES)  # when the folder's key can't be trusted: valid in this process only
+_folder_keys: dict[Path, bytes] = {}
+_folder_keys_lock = threading.Lock()
 
 
 def make_atomic(path: Path, make: Callable[[Path], None]) -> None:
@@ -71,46 +83,104 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verified(path: Path, key: str) -> str | None:
-    """The sha256 of ``path`` when its record names ``key`` and its bytes still hash to the recorded sha256."""
-    recorded = _recorded_sha256(path, key)
-    sha256 = file_sha256(path) if recorded else None
-    return _checked(path, recorded, sha256)
 
 
-def read_verified(path: Path, key: str) -> tuple[bytes, str] | None:
-    """The bytes of ``path`` and their sha256, read once, when ``verified`` would accept it."""
-    recorded = _recorded_sha256(path, key)
-    data = path.read_bytes() if recorded else b""
-    sha256 = hashlib.sha256(data).hexdigest() if recorded else None
-    return (data, sha256) if _checked(path, recorded, sha256) else None
+def artifact_key(made_from: Mapping[str, object]) -> str:
+    """A file name stem for what an artifact is made from (24 hex characters)."""
+    return hashlib.sha256(_canonical(made_from)).hexdigest()[:24]
 
 
-def _recorded_sha256(path: Path, key: str) -> str | None:
-    meta = read_json(path.with_suffix(".json"))
-    if meta and meta.get("key") == key and isinstance(meta.get("sha256"), str) and path.is_file():
-        return meta["sha256"]
+def read_verified(path: Path, made_from: Mapping[str, object]) -> tuple[bytes, str] | None:
+    """The bytes of ``path`` and their sha256, read once, when its record is signed by this folder's key,
+    names ``made_from``, and holds the sha256 of those bytes; else None (logged when something was there)."""
+    record_path = path.with_suffix(".json")
+    record = read_json(record_path)
+    if record is None:
+        return _rejected(path, "no readable record") if path.exists() or record_path.exists() else None
+    expected_mac = _mac(path, record.get("made_from"), record.get("sha256"))
+    if not hmac.compare_digest(str(record.get("mac")).encode(), expected_mac.encode()):
+        return _rejected(path, "its record is not signed by this cache's key (forged, or written elsewhere)")
+    if record.get("made_from") != json.loads(_canonical(made_from)):
+        return _rejected(path, f"made from {record.get('made_from')}, not {dict(made_from)}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return _rejected(path, f"unreadable ({exc.strerror})")
+    sha256 = hashlib.sha256(data).hexdigest()
+    return (data, sha256) if sha256 == record.get("sha256") else _rejected(path, "its bytes changed since written")
+
+
+def _rejected(path: Path, why: str) -> None:
+    log.warning("rebuilding %s: %s", path, why)
     return None
 
 
-def _checked(path: Path, recorded: str | None, sha256: str | None) -> str | None:
-    """``sha256`` if it is the recorded one; else None, with a warning when something was there."""
-    if recorded is not None and sha256 == recorded:
-        return sha256
-    if path.exists() or path.with_suffix(".json").exists():
-        log.warning("rebuilding %s: missing, corrupt or stale", path)
-    return None
-
-
-def store(path: Path, key: str, make: Callable[[Path], None], **record: object) -> str:
-    """Make ``path`` with ``make(scratch)`` atomically and record ``key`` and its sha256 beside it."""
-    hashed: list[str] = []
-
-    def make_and_hash(scratch: Path) -> None:
+def store(path: Path, made_from: Mapping[str, object], make: Callable[[Path], None]) -> tuple[bytes, str]:
+    """Make the file with ``make(scratch)`` in a private folder, then write those bytes to ``path``
+    atomically with a signed record of ``made_from`` and their sha256; returns the bytes and the sha256."""
+    with tempfile.TemporaryDirectory(prefix="insid3-artifact-") as private:  # mode 0700: nobody swaps it
+        scratch = Path(private) / path.name
         make(scratch)
-        hashed.append(file_sha256(scratch))
+        data = scratch.read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    write_atomic(path, data)
+    record = {"made_from": json.loads(_canonical(made_from)), "sha256": sha256}
+    record["mac"] = _mac(path, record["made_from"], sha256)
+    write_atomic(path.with_suffix(".json"), json.dumps(record, indent=1).encode())
+    return data, sha256
 
-    make_atomic(path, make_and_hash)
-    sha256 = hashed[0]
-    write_atomic(path.with_suffix(".json"), json.dumps({"key": key, "sha256": sha256, **record}).encode())
-    return sha256
+
+def _canonical(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _mac(path: Path, made_from: object, sha256: object) -> str:
+    message = _canonical({"file": path.name, "made_from": made_from, "sha256": sha256})
+    return hmac.new(folder_key(path.parent), message, hashlib.sha256).hexdigest()
+
+
+def folder_key(folder: Path) -> bytes:
+    """The folder's signing key: read from (or made once in) ``KEY_FILE``; a key file that others could
+    read or write is not used (a key for this process only instead, logged: the cache then lasts one run)."""
+    folder = folder.resolve()
+    with _folder_keys_lock:
+        if folder not in _folder_keys:
+            _folder_keys[folder] = _read_or_make_key(folder / KEY_FILE)
+        return _folder_keys[folder]
+
+
+def _read_or_make_key(path: Path) -> bytes:
+    try:
+        if not path.exists():
+            _publish_key(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as handle:
+            status, key = os.fstat(handle.fileno()), handle.read(KEY_BYTES + 1)
+    except OSError as exc:
+        log.warning("no signing key for the cache in %s (%s): its files are rebuilt each run", path.parent, exc)
+        return _PROCESS_KEY
+    others_can_use = status.st_mode & 0o007 or (status.st_mode & 0o070 and status.st_gid not in _own_groups())
+    if status.st_uid != os.geteuid() or others_can_use or len(key) != KEY_BYTES:
+        log.warning("%s is not a private %d-byte key of this user (chmod 600 it, or delete it to make a new "
+                    "one): the cache in %s is rebuilt each run", path, KEY_BYTES, path.parent)
+        return _PROCESS_KEY
+    return key
+
+
+def _own_groups() -> set[int]:
+    return {os.getegid(), *os.getgroups()}
+
+
+def _publish_key(path: Path) -> None:
+    """Write a new random key to ``path`` unless another process made one first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_bytes(KEY_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # never replace a key another process published
+            os.link(scratch, path)
+    finally:
+        os.unlink(scratch)

@@ -1,14 +1,17 @@
 """Positional debiasing: the subspace that a constant image's features span, and its removal.
 
 The basis is computed once per (weights, image_size, svd_components) and cached on disk, so a
-restart does not re-run the backbone on the probe. Unlike the official code, which builds it
+restart does not re-run the backbone on the probe. The cache is a verified file
+(``core.artifacts``: a signed record of what it was made from and of its sha256) and the tensor
+is checked too (shape, finite, orthonormal): a tampered, stale or broken entry is logged and
+recomputed, and a basis that is not finite never serves. Unlike the official code, which builds it
 while the freshly loaded DINOv3 is still in train mode (RoPE coordinate jitter makes that basis
 random from build to build), the backbone here is in eval mode: the basis is deterministic.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +19,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from core.artifacts import make_atomic
+from core.artifacts import artifact_key, read_verified, store
+from core.errors import WeightsError
 from core.images import IMAGENET_MEAN, IMAGENET_STD
+from core.specs import PATCH_SIZE
 
 log = logging.getLogger(__name__)
 
 NORM_EPS = 1e-12
+BASIS_FORMAT = "2"  # bump whenever what the cache holds changes
+ORTHONORMAL_TOLERANCE = 1e-3  # max-abs of basis.T @ basis - I for a usable basis
 
 
 def normalize_channels(features: torch.Tensor) -> torch.Tensor:
@@ -57,10 +64,26 @@ def debias(features_norm: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return normalize_channels(flat.reshape(shape))
 
 
-def basis_cache_key(weights_id: str, image_size: int, components: int) -> str:
-    """Content key of a cached basis."""
-    raw = f"{weights_id}|{image_size}|{components}|eval".encode()
-    return hashlib.sha256(raw).hexdigest()[:24]
+def basis_made_from(weights_id: str, image_size: int, components: int) -> dict[str, object]:
+    """What a cached basis is made from (its verified record, ``core.artifacts``)."""
+    return {"artifact": "positional-basis", "weights": weights_id, "image_size": image_size,
+            "svd_components": components, "backbone_mode": "eval", "torch": torch.__version__,
+            "format": BASIS_FORMAT}
+
+
+def basis_problem(basis: object, image_size: int, components: int) -> str | None:
+    """Why ``basis`` can't be the positional basis at ``image_size`` with ``components`` (None when it can):
+    a (C, k) float32 tensor, C > k, k = ``components`` or the probe's patch count if fewer, finite, orthonormal."""
+    columns = min(components, (image_size // PATCH_SIZE) ** 2)
+    if not isinstance(basis, torch.Tensor) or basis.dtype != torch.float32 or basis.dim() != 2:
+        return "not a 2-D float32 tensor"
+    if basis.shape[1] != columns or basis.shape[0] <= columns:
+        return f"shape {tuple(basis.shape)}, not (channels > {columns}, {columns})"
+    if not bool(torch.isfinite(basis).all()):
+        return "NaN or Inf values"
+    if columns and float((basis.T @ basis - torch.eye(columns)).abs().max()) > ORTHONORMAL_TOLERANCE:
+        return "columns that are not orthonormal"
+    return None
 
 
 def load_or_build_basis(
@@ -70,19 +93,27 @@ def load_or_build_basis(
     components: int,
     encode_probe: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """The positional basis from the disk cache, or computed with ``encode_probe`` and stored."""
-    path = cache_dir / f"basis-{basis_cache_key(weights_id, image_size, components)}.pt" if cache_dir else None
-    if path is not None and path.is_file():
+    """The positional basis from the disk cache when it verifies, else computed with ``encode_probe`` and stored."""
+    made_from = basis_made_from(weights_id, image_size, components)
+    path = cache_dir / f"basis-{artifact_key(made_from)}.pt" if cache_dir else None
+    cached = read_verified(path, made_from) if path is not None else None
+    if cached is not None and path is not None:
         try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(cached, torch.Tensor) and cached.shape[1] == components:
-                return cached
+            basis = torch.load(io.BytesIO(cached[0]), map_location="cpu", weights_only=True)
+            problem = basis_problem(basis, image_size, components)
         except Exception as exc:  # a corrupt cache entry is recomputed, never fatal
-            log.warning("ignoring unreadable positional-basis cache %s: %s", path, exc)
+            problem = f"unreadable ({exc})"
+        if problem is None:
+            return basis
+        log.warning("recomputing the positional basis %s: %s", path, problem)
     basis = positional_basis(encode_probe(constant_probe(image_size))[0].float().cpu(), components)
+    problem = basis_problem(basis, image_size, components)
+    if problem is not None:
+        raise WeightsError(f"the positional basis computed from the weights has {problem}: the encoder's features "
+                           "of the constant image are unusable (corrupt weights, or a precision that overflows)")
     if path is not None:
-        try:
-            make_atomic(path, lambda scratch: torch.save(basis, scratch))  # workers may share the cache volume
+        try:  # workers may share the cache volume
+            store(path, made_from, lambda scratch: torch.save(basis, scratch))
         except OSError as exc:
             log.warning("could not cache the positional basis in %s: %s", path.parent, exc)
     return basis

@@ -7,11 +7,12 @@ plugin fuses back into one attention kernel, and which exports ~10x faster. The 
 OpenVINO for one image at a time: static shapes let it plan a smaller memory, and the compiled
 model is cached, so a warm restart imports it without reading the weights or the ONNX file.
 
-Everything is cached next to the positional basis (``core.artifacts``: verified on every load,
-rebuilt when corrupt or stale): the ONNX export keyed by the weights' sha256, image size, opset,
-torch and exporter versions; the compiled OpenVINO model keyed by that, the OpenVINO version, the
-CPU and the thread count. Each runtime must pass a parity probe against torch on the constant
-image before it is used; the verdict is cached per artifact and runtime version.
+Everything is cached next to the positional basis (``core.artifacts``: signed records, verified
+on every load, the bytes checked being the bytes loaded; rebuilt when corrupt, stale or forged):
+the ONNX export made from the weights' sha256, image size, opset, torch and exporter versions;
+the compiled OpenVINO model made from that, the OpenVINO version, the CPU and the thread count.
+Each runtime must pass a parity probe against torch on the constant image before it is used; the
+verdict is cached per artifact and runtime version.
 
 ``auto`` is torch on CUDA and the fastest installed runtime that passes its probe on the CPU
 (measured: OpenVINO, then ONNX Runtime), falling back to torch.
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.artifacts import read_json, read_verified, store, verified, writable, write_atomic
+from core.artifacts import artifact_key, read_json, read_verified, store, writable, write_atomic
 from core.backbone import Backbone, extract_features
 from core.debias import constant_probe
 from core.errors import ConfigurationError, WeightsError
@@ -123,8 +124,8 @@ def _quiet(*logger_names: str) -> Iterator[None]:
 # ----------------------------------------------------------------------------------- the sessions
 
 
-def load_session(name: str, onnx: str, threads: int) -> Encoder:
-    """An encoder running an ONNX file (any batch) under ONNX Runtime or OpenVINO on the CPU."""
+def load_session(name: str, onnx: str | bytes, threads: int) -> Encoder:
+    """An encoder running an ONNX model (a file, or its bytes; any batch) under ONNX Runtime or OpenVINO on the CPU."""
     if name == "onnxruntime":
         import onnxruntime
 
@@ -139,7 +140,9 @@ def load_session(name: str, onnx: str, threads: int) -> Encoder:
     if name == "openvino":
         import openvino
 
-        return _openvino_infer(openvino.Core().compile_model(onnx, "CPU", _openvino_config(threads)), one_image=False)
+        core = openvino.Core()
+        compiled = core.compile_model(core.read_model(onnx), "CPU", _openvino_config(threads))
+        return _openvino_infer(compiled, one_image=False)
     raise ConfigurationError(f"unknown runtime {name!r}; choose {', '.join(RUNTIME_CHOICES)}")
 
 
@@ -177,36 +180,34 @@ class ExportKey:
     image_size: int
     opset: int = DEFAULT_OPSET
 
-    def digest(self) -> str:
-        raw = f"{self.weights_id}|{self.image_size}|{self.opset}|torch {torch.__version__}|exporter {EXPORTER_VERSION}"
-        return hashlib.sha256(raw.encode()).hexdigest()[:24]
+    def made_from(self) -> dict[str, object]:
+        """What the export's record names (``core.artifacts``)."""
+        return {"artifact": "onnx-encoder", "weights": self.weights_id, "image_size": self.image_size,
+                "opset": self.opset, "torch": torch.__version__, "exporter": EXPORTER_VERSION}
 
 
-def cached_export(backbone: Backbone, key: ExportKey, cache_dir: Path) -> tuple[Path, str]:
-    """The ONNX file of ``backbone`` at ``key`` in ``cache_dir`` and its sha256: reused if intact, else exported.
-
-    The backbone's weights are only read when the file has to be made.
+def cached_export(backbone: Backbone, key: ExportKey, cache_dir: Path) -> tuple[bytes, str]:
+    """The ONNX model of ``backbone`` at ``key`` and its sha256: the verified bytes of the file in
+    ``cache_dir``, else exported (and stored). The backbone's weights are only read when it has to be made.
     """
-    digest = key.digest()
-    path = cache_dir / f"encoder-{digest}.onnx"
-    sha256 = verified(path, digest)
-    if sha256 is not None:
-        return path, sha256
+    path = cache_dir / f"encoder-{artifact_key(key.made_from())}.onnx"
+    cached = read_verified(path, key.made_from())
+    if cached is not None:
+        return cached
     if model_bytes(backbone.model) >= MAX_EXPORT_BYTES:
         raise ConfigurationError(f"model size {backbone.spec.size!r} is over the 2 GB of a single-file ONNX model; "
                                  "use --runtime torch")
     start = time.perf_counter()
-    sha256 = store(path, digest, lambda scratch: export_onnx(backbone.model, scratch, key.image_size, opset=key.opset),
-                   weights_id=key.weights_id, image_size=key.image_size, opset=key.opset, torch=torch.__version__,
-                   exporter=EXPORTER_VERSION)
+    made = store(path, key.made_from(), lambda scratch: export_onnx(backbone.model, scratch, key.image_size,
+                                                                    opset=key.opset))
     log.info("exported the encoder to ONNX (opset %d) in %.1f s", key.opset, time.perf_counter() - start)
-    return path, sha256
+    return made
 
 
 def onnxruntime_encoder(backbone: Backbone, image_size: int, folder: Path, threads: int) -> tuple[Encoder, str]:
     """ONNX Runtime on the cached opset-23 export; with the export's sha256 (what the probe verdict is for)."""
-    path, sha256 = cached_export(backbone, ExportKey(backbone.weights_id, image_size, OPSETS["onnxruntime"]), folder)
-    return load_session("onnxruntime", str(path), threads), sha256
+    onnx, sha256 = cached_export(backbone, ExportKey(backbone.weights_id, image_size, OPSETS["onnxruntime"]), folder)
+    return load_session("onnxruntime", onnx, threads), sha256
 
 
 def openvino_encoder(backbone: Backbone, image_size: int, folder: Path, threads: int) -> tuple[Encoder, str]:
@@ -218,18 +219,18 @@ def openvino_encoder(backbone: Backbone, image_size: int, folder: Path, threads:
 
     core, config = openvino.Core(), _openvino_config(threads)
     export_key = ExportKey(backbone.weights_id, image_size, OPSETS["openvino"])
-    identity = (f"{export_key.digest()}|openvino {runtime_version('openvino')}|{_cpu_identity(core)}|"
-                f"threads {threads}|compiler {COMPILER_VERSION}")
-    key = hashlib.sha256(identity.encode()).hexdigest()[:24]
-    path = folder / f"openvino-{key}.blob"
-    cached = read_verified(path, key)
+    made_from = {"artifact": "openvino-compiled", "export": export_key.made_from(),
+                 "openvino": runtime_version("openvino"), "cpu": _cpu_identity(core), "threads": threads,
+                 "compiler": COMPILER_VERSION}
+    path = folder / f"openvino-{artifact_key(made_from)}.blob"
+    cached = read_verified(path, made_from)
     if cached is not None:
         try:
             return _openvino_infer(core.import_model(cached[0], "CPU", config), one_image=True), cached[1]
         except Exception as exc:  # made by another OpenVINO build or CPU after all: compile again
             log.warning("recompiling %s: %s", path, exc)
     onnx, _ = cached_export(backbone, export_key, folder)
-    model = core.read_model(str(onnx))
+    model = core.read_model(onnx)
     model.reshape({0: [1, 3, image_size, image_size]})
     compiled = core.compile_model(model, "CPU", config)
 
@@ -238,7 +239,7 @@ def openvino_encoder(backbone: Backbone, image_size: int, folder: Path, threads:
         compiled.export_model(stream)
         scratch.write_bytes(stream.getbuffer())
 
-    sha256 = store(path, key, write, identity=identity)
+    _, sha256 = store(path, made_from, write)
     return _openvino_infer(compiled, one_image=True), sha256
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core import runtimes
-from core.artifacts import file_sha256, verified
+from core.artifacts import read_verified, store
 from core.engine import Insid3
 from core.errors import ConfigurationError, CorruptWeightsError
 
@@ -77,12 +77,16 @@ def test_a_warm_restart_reuses_the_export_and_the_parity_verdict_without_reading
         assert engine.runtime.name == name and engine.encode_tensor(torch.zeros(1, 3, SIZE, SIZE)).shape[0] == 1
 
 
-def _artifact(cache: Path, pattern: str, **record: object) -> Path:
-    """The one cached file matching ``pattern`` whose JSON record holds ``record``."""
+def _artifact(cache: Path, pattern: str, **made_from: object) -> Path:
+    """The one cached file matching ``pattern`` whose record says it is made from ``made_from``."""
     stem, suffix = pattern.rsplit(".", 1)
     (path,) = [meta.with_suffix(f".{suffix}") for meta in (cache / "encoders").glob(f"{stem}.json")
-               if record.items() <= json.loads(meta.read_text()).items()]
+               if made_from.items() <= json.loads(meta.read_text())["made_from"].items()]
     return path
+
+
+def _made_from(path: Path) -> dict[str, object]:
+    return json.loads(path.with_suffix(".json").read_text())["made_from"]
 
 
 def _same_features(engine: Insid3, reference: Insid3) -> bool:
@@ -101,16 +105,15 @@ def test_a_corrupt_or_stale_export_or_compiled_model_is_rebuilt(engines: dict[st
     blob = _artifact(cache, "openvino-*.blob")
     blob.write_bytes(blob.read_bytes()[:1000])  # truncated: recompiled from the cached export
     engine = build(tiny_checkpoint, cache, "openvino")
-    assert verified(blob, json.loads(blob.with_suffix(".json").read_text())["key"])
+    assert read_verified(blob, _made_from(blob))
     assert _same_features(engine, engines["torch"])
 
     blob.with_suffix(".json").write_text("{not json")  # a broken record: rebuilt
     assert _same_features(build(tiny_checkpoint, cache, "openvino"), engines["torch"])
-    assert json.loads(blob.with_suffix(".json").read_text())["sha256"] == file_sha256(blob)
+    assert read_verified(blob, _made_from(blob))
 
-    blob.write_bytes(b"not an OpenVINO model")  # intact on disk but unloadable (another OpenVINO build)
-    record = json.loads(blob.with_suffix(".json").read_text())
-    blob.with_suffix(".json").write_text(json.dumps({**record, "sha256": file_sha256(blob)}))
+    # Verified but unloadable (made by another OpenVINO build): recompiled.
+    store(blob, _made_from(blob), lambda scratch: scratch.write_bytes(b"not an OpenVINO model"))
     assert _same_features(build(tiny_checkpoint, cache, "openvino"), engines["torch"])
     assert blob.read_bytes() != b"not an OpenVINO model"
 
