@@ -1,9 +1,12 @@
 """API keys, tenants and who may reach what.
 
 Keys come from ``INSID3_API_KEYS`` (``KEY`` for the default tenant, ``TENANT:KEY``) and/or the key
-file ``INSID3_API_KEYS_FILE`` (one ``TENANT KEY [admin]`` per line, ``#`` comments). Only their
-sha256 digests are kept; the file is re-read when its modification time changes (checked at most
-once a second) and on SIGHUP, and a file that fails to parse keeps the previous keys (logged).
+file ``INSID3_API_KEYS_FILE`` (one ``TENANT KEY [admin]`` per line; a line whose first non-blank
+character is ``#`` is a comment, and a ``#`` anywhere else is part of its field). Keys are visible
+ASCII (what an ``X-API-Key`` header carries); anything else is refused, naming the entry or line.
+Only their sha256 digests are kept. The file is re-read when it changes (inode, size or
+modification time; checked at most once a second) and on SIGHUP; a file that is empty, holds no
+key, lacks its final newline (half-written) or fails to parse keeps the previous keys (logged).
 
 ``AuthMiddleware`` resolves the caller from the request headers, before any of the body is read:
 a protected path without a valid ``X-API-Key`` is answered 401 at once. The routes get the caller
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -34,6 +38,9 @@ from core.serving import ANY_TENANT, DEFAULT_TENANT
 log = logging.getLogger("insid3.app")
 
 TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+KEY_TEXT = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no space, control or non-ASCII character
+FILE_FORMAT = "'TENANT KEY [admin]'"
+FIELD_SEPARATOR = re.compile(r"[ \t]+")
 HEADER = b"x-api-key"
 RELOAD_CHECK_S = 1.0
 PRINCIPAL_SCOPE_KEY = "insid3.principal"
@@ -67,34 +74,46 @@ def digest(key: bytes) -> bytes:
 
 
 def _entry(tenant: str, key: str, admin: bool, where: str) -> tuple[bytes, Principal]:
+    """A key's digest and principal; the error names the entry, never the key."""
     if not TENANT_ID.fullmatch(tenant):
         raise ConfigurationError(f"{where}: tenant id {tenant!r} must match {TENANT_ID.pattern}")
     if not key:
         raise ConfigurationError(f"{where}: empty API key")
+    if not KEY_TEXT.fullmatch(key):
+        position = next(i for i, char in enumerate(key) if not KEY_TEXT.fullmatch(char))
+        raise ConfigurationError(f"{where}: the key of tenant {tenant!r} has a space, control or non-ASCII character "
+                                 f"(at position {position}), which an X-API-Key header can't carry")
     return digest(key.encode()), Principal(tenant, admin)
 
 
 def parse_setting(keys: list[str]) -> list[tuple[bytes, Principal]]:
     """``INSID3_API_KEYS`` entries: ``KEY`` (default tenant) or ``TENANT:KEY``."""
     entries = []
-    for item in keys:
+    for number, item in enumerate(keys, 1):
         tenant, sep, key = item.partition(":")
-        entries.append(_entry(tenant, key, False, "INSID3_API_KEYS") if sep
-                       else _entry(DEFAULT_TENANT, item, False, "INSID3_API_KEYS"))
+        where = f"INSID3_API_KEYS entry {number}"
+        entries.append(_entry(tenant, key, False, where) if sep else _entry(DEFAULT_TENANT, item, False, where))
     return entries
 
 
 def parse_file(text: str, path: Path) -> list[tuple[bytes, Principal]]:
-    """Lines ``TENANT KEY [admin]``; blank lines and ``#`` comments are skipped."""
+    """Lines ``TENANT KEY [admin]``; blank lines and comment lines (``#`` first) are skipped. A file
+    without a key, or whose last line has no newline (half-written), is refused."""
+    if not text.endswith("\n"):
+        raise ConfigurationError(f"{path.name}: empty, or its last line has no newline (half-written?); "
+                                 "write the whole file, then rename it into place")
     entries = []
-    for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split("#", 1)[0].split()
-        if not fields:
+    for number, line in enumerate(text.removesuffix("\n").split("\n"), 1):
+        fields = FIELD_SEPARATOR.split(line.removesuffix("\r").strip(" \t"))  # any other character is the field's
+        if fields == [""] or fields[0].startswith("#"):
             continue
         where = f"{path.name} line {number}"
         if len(fields) not in (2, 3) or (len(fields) == 3 and fields[2] != "admin"):
-            raise ConfigurationError(f"{where}: expected 'TENANT KEY [admin]'")
+            comment = " (comments go on their own line, starting with '#')" if "#" in line else ""
+            raise ConfigurationError(f"{where}: expected {FILE_FORMAT}{comment}")
         entries.append(_entry(fields[0], fields[1], len(fields) == 3, where))
+    if not entries:
+        raise ConfigurationError(f"{path.name}: no key; expected {FILE_FORMAT} lines")
     return entries
 
 
@@ -104,36 +123,40 @@ class KeyRing:
     def __init__(self, keys: list[str], path: Path | None) -> None:
         self._fixed = parse_setting(keys)
         self._path = path
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._checked = time.monotonic()
         self._from_file: list[tuple[bytes, Principal]] = []
         if path is not None:
-            self._from_file, self._stamp = self._read(path)
+            self._from_file = self._read(path)
         self.enabled = bool(self._fixed or path is not None)
 
     @classmethod
     def of(cls, settings: Settings) -> KeyRing:
         return cls(settings.api_keys, settings.api_keys_file)
 
-    @staticmethod
-    def _read(path: Path) -> tuple[list[tuple[bytes, Principal]], tuple[int, int]]:
+    def _read(self, path: Path) -> list[tuple[bytes, Principal]]:
+        """The file's entries. The stamp of what is read is taken before reading (a later write shows as a
+        change), and also for a file refused (it is not read again until it changes)."""
         try:
-            stat = path.stat()
-            text = path.read_text()
+            with path.open("rb") as handle:
+                self._stamp = _stamp(os.fstat(handle.fileno()))
+                text = handle.read().decode()
         except OSError as exc:
             raise ConfigurationError(f"cannot read the API key file {path}: {exc.strerror}") from None
-        return parse_file(text, path), (stat.st_mtime_ns, stat.st_size)
+        except UnicodeDecodeError as exc:
+            raise ConfigurationError(f"{path.name}: not UTF-8 text (byte {exc.start})") from None
+        return parse_file(text, path)
 
     def reload(self) -> None:
-        """Re-read the key file; on an error the previous keys stay (and it is logged)."""
+        """Re-read the key file; when it can't be read or parsed, the previous keys stay (and it is logged)."""
         if self._path is None:
             return
         try:
-            entries, stamp = self._read(self._path)
+            entries = self._read(self._path)
         except ConfigurationError as exc:
             log.error("kept the previous API keys: %s", exc.detail)
             return
-        self._from_file, self._stamp = entries, stamp
+        self._from_file = entries
         log.info("API keys reloaded from %s: %d keys", self._path, len(entries))
 
     def _reload_if_changed(self) -> None:
@@ -142,10 +165,10 @@ class KeyRing:
             return
         self._checked = now
         try:
-            stat = self._path.stat()
+            stamp = _stamp(self._path.stat())
         except OSError:
             return
-        if (stat.st_mtime_ns, stat.st_size) != self._stamp:
+        if stamp != self._stamp:
             self.reload()
 
     def principal(self, key: bytes | None) -> Principal | None:
@@ -161,6 +184,11 @@ class KeyRing:
             if hmac.compare_digest(presented, known):
                 found = principal
         return found
+
+
+def _stamp(status: os.stat_result) -> tuple[int, int, int]:
+    """What changes when the key file is rewritten or replaced."""
+    return status.st_ino, status.st_mtime_ns, status.st_size
 
 
 class AuthMiddleware:

@@ -60,11 +60,11 @@ class Settings(EngineSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
-        """An empty value turns keys off; a value with an empty entry (``','``, ``' , '``, ``'a,,b'``)
-        is refused rather than silently turning authentication off."""
+        """An empty value turns keys off; a value of only whitespace or with an empty entry (``' '``,
+        ``','``, ``' , '``, ``'a,,b'``) is refused rather than silently turning authentication off."""
         if not isinstance(value, str):
             return value
-        if not value.strip():
+        if not value:
             return []
         keys = [item.strip() for item in value.split(",")]
         if not all(keys):

@@ -20,7 +20,7 @@ def write_key_file(path: Path) -> Path:
     """alpha (two keys: rotation), beta, and the admin ops."""
     path.write_text(
         "# tenant key [admin]\n"
-        f"alpha {KEYS['alpha']}\nalpha {ALPHA_SECOND_KEY}\n\nbeta {KEYS['beta']}  # second customer\n"
+        f"alpha {KEYS['alpha']}\nalpha {ALPHA_SECOND_KEY}\n\n  # second customer\nbeta {KEYS['beta']}\n"
         f"ops {KEYS['ops']} admin\n"
     )
     return path

@@ -23,7 +23,7 @@ from tests.support.api import assert_error, create_reference, segment
 from tests.support.fake_backend import FakeBackend
 from tests.support.images import REFERENCE, TARGET
 from tests.support.live_server import LiveServer
-from tests.support.net import free_port
+from tests.support.net import eventually, free_port
 from tests.support.paths import REPO_ROOT
 
 KEY = "the-only-key"
@@ -54,18 +54,33 @@ def test_a_non_ascii_or_odd_key_is_401(keyed: str, value: bytes) -> None:
     assert_error(httpx.get(f"{keyed}/references", headers={"X-API-Key": value}), 401, "unauthorized")
 
 
-@pytest.mark.parametrize("value", [" , ", ",", "a,,b"])
-def test_a_key_list_with_empty_entries_refuses_to_start(value: str) -> None:
+@pytest.mark.parametrize(("value", "message"), [
+    (" , ", "API keys must not be empty"), (",", "API keys must not be empty"),
+    ("a,,b", "API keys must not be empty"), (" ", "API keys must not be empty"),
+    ("\t \n", "API keys must not be empty"),
+    ("good-key,a: KEY", "INSID3_API_KEYS entry 2: the key of tenant 'a' has a space, control or non-ASCII"),
+    ("acme:k\u00e9y", "INSID3_API_KEYS entry 1: the key of tenant 'acme' has a space, control or non-ASCII"),
+])
+def test_a_blank_or_unsendable_key_setting_refuses_to_start(value: str, message: str) -> None:
     result = subprocess.run([sys.executable, "-m", "insid3", "serve", "--port", str(free_port())],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "INSID3_API_KEYS": value})
-    assert result.returncode == 2 and "API keys must not be empty" in result.stderr, result.stderr
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "KEY" not in result.stderr.replace("INSID3_API_KEYS", "")  # the key itself is never printed
 
 
 def test_an_unreadable_key_file_refuses_to_start(tmp_path: Path) -> None:
-    (tmp_path / "bad.txt").write_text("tenant-without-key\n")
+    files = {"bad.txt": "tenant-without-key\n", "empty.txt": "", "comments.txt": "# no key yet\n",
+             "partial.txt": "t1 Sup3r#sec", "trailing.txt": "t1 key-1 # ops team\n", "space.txt": "t1 k\u00a0ey\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
     for path, message in ((tmp_path / "missing.txt", "cannot read the API key file"),
-                          (tmp_path / "bad.txt", "bad.txt line 1")):
+                          (tmp_path / "bad.txt", "bad.txt line 1"),
+                          (tmp_path / "empty.txt", "empty.txt: empty, or its last line has no newline"),
+                          (tmp_path / "comments.txt", "comments.txt: no key"),
+                          (tmp_path / "partial.txt", "partial.txt: empty, or its last line has no newline"),
+                          (tmp_path / "trailing.txt", "comments go on their own line"),
+                          (tmp_path / "space.txt", "space.txt line 1: the key of tenant 't1' has a space")):
         result = subprocess.run([sys.executable, "-m", "insid3", "serve", "--api-keys-file", str(path)],
                                 cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and message in result.stderr, result.stderr
@@ -214,6 +229,36 @@ def test_sighup_reloads_the_key_file(start_server, tmp_path: Path) -> None:
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.1)
     assert status("acme-key-1") == 401
+
+
+def test_a_hash_inside_a_key_keeps_it_whole_and_a_bad_reload_keeps_the_keys(start_server, tmp_path: Path) -> None:
+    """The real server, the real file: an emptied, half-written or broken file is never applied."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# tenants\n  # (indented comment)\nt1 Sup3r#secret-1\n")
+    server = start_server(["--model-size", "small", "--device", "cpu"], {"INSID3_API_KEYS_FILE": str(keys)},
+                          ready=False)
+    assert server.process is not None
+
+    def status(key: str) -> int:
+        return httpx.get(f"{server.url}/references", headers={"X-API-Key": key}).status_code
+
+    def refused(text: str, signal_it: bool = False) -> None:
+        kept = server.log().count("kept the previous API keys")
+        keys.write_text(text)
+        if signal_it:
+            server.process.send(signal.SIGHUP)
+        eventually(lambda: status("Sup3r#secret-1") and server.log().count("kept the previous API keys") > kept,
+                   timeout_s=10, what=f"the reload of {text!r} to be refused")
+
+    assert status("Sup3r#secret-1") == 503 and status("Sup3r") == 401  # 503: no weights, but a valid key
+    refused("")  # emptied on disk (as `>` or an editor does before writing)
+    refused("", signal_it=True)
+    refused("t1 Sup3r#secret-1\nt2 half-writ")  # half-written: no final newline
+    refused("t1 Sup3r#secret-1\nt2\n")
+    assert status("Sup3r#secret-1") == 503 and status("half-writ") == 401
+    keys.write_text("t2 whole-key-2\n")  # complete: applied
+    eventually(lambda: status("whole-key-2") == 503, timeout_s=10, what="the new key file to apply")
+    assert status("Sup3r#secret-1") == 401
 
 
 def test_a_key_is_only_read_from_its_header(keyed: str) -> None:
