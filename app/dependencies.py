@@ -34,17 +34,24 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 BackendDep = Annotated[InferenceBackend, Depends(get_backend)]
 
 
+TIMEOUT_HEADER = "X-Request-Timeout"
+
+
 def request_deadline(
+    request: Request,
     settings: SettingsDep,
     timeout: Annotated[
         float | None,
         Header(
-            alias="X-Request-Timeout", gt=0,
-            description="Seconds; shortens (never extends) INSID3_REQUEST_TIMEOUT_S.",
+            alias=TIMEOUT_HEADER, gt=0, allow_inf_nan=False,
+            description="Seconds, finite; shortens (never extends) INSID3_REQUEST_TIMEOUT_S. Sent once.",
         ),
     ] = None,
 ) -> float:
-    """The absolute Unix time by which the request must be answered (else 504)."""
+    """The absolute Unix time by which the request must be answered (else 504); a repeated header is a 422."""
+    given = len(request.headers.getlist(TIMEOUT_HEADER))
+    if given > 1:
+        raise RequestValidationError([_repeated("header", TIMEOUT_HEADER, given)])
     seconds = settings.request_timeout_s if timeout is None else min(timeout, settings.request_timeout_s)
     return time.time() + seconds
 
@@ -73,8 +80,7 @@ async def reject_repeated_fields(request: Request) -> None:
     if route.dependant.body_params and content_type.startswith(("multipart/form-data", "application/x-www-form")):
         given["body"] = [key for key, _ in (await request.form()).multi_items()]
     errors = [
-        {"loc": (where, field.alias), "msg": f"given {keys.count(field.alias)} times; send it once",
-         "type": "repeated_field", "input": None}
+        _repeated(where, field.alias, keys.count(field.alias))
         for where, fields in (("query", route.dependant.query_params), ("body", route.dependant.body_params))
         if (keys := given.get(where)) is not None
         for field in fields
@@ -82,6 +88,11 @@ async def reject_repeated_fields(request: Request) -> None:
     ]
     if errors:
         raise RequestValidationError(errors)
+
+
+def _repeated(where: str, name: str, count: int) -> dict[str, Any]:
+    """The validation error of a single-valued field or header given ``count`` times."""
+    return {"loc": (where, name), "msg": f"given {count} times; send it once", "type": "repeated_field", "input": None}
 
 
 def _too_late() -> DeadlineExceeded:

@@ -20,7 +20,13 @@ router = APIRouter(tags=["matching"])
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number that is a finite float (an integer too large for a float is not)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float's range
+        return False
 
 
 def parse_points(text: str, max_points: int) -> list[tuple[float, float]]:
@@ -34,7 +40,8 @@ def parse_points(text: str, max_points: int) -> list[tuple[float, float]]:
         or not all(isinstance(p, list) and len(p) == 2 for p in value)
         or not all(_is_number(c) for p in value for c in p)
     ):
-        raise InvalidInputError('points must be a non-empty JSON list of [x, y] number pairs, e.g. [[120, 80]]')
+        raise InvalidInputError("points must be a non-empty JSON list of [x, y] pairs of finite numbers "
+                                "(within a float's range), e.g. [[120, 80]]")
     if len(value) > max_points:
         raise InvalidInputError(f"{len(value)} points, over the limit of {max_points} (INSID3_MAX_POINTS)")
     return [(float(x), float(y)) for x, y in value]

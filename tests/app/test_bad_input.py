@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from tests.support.api import assert_error, create_reference, reference_id, segment
+from tests.support.api import assert_error, create_reference, match, reference_id, segment
 from tests.support.images import REFERENCE, TARGET, Scene, encode
 
 
@@ -98,6 +98,41 @@ def test_invalid_parameters_are_422(fake, data, field):
     http, backend = fake
     body = assert_error(segment(http, [TARGET], {"reference_ids": "r", **data}), 422, "validation_error")
     assert field in body["detail"] and body["errors"]
+    assert backend.calls == []
+
+
+HUGE = "1" + "0" * 400  # an integer past float's range
+
+
+@pytest.mark.parametrize("points", [f"[[{HUGE}, 1]]", f"[[1, -{HUGE}]]", f"[[{'9' * 5000}, 1]]", "[[NaN, 1]]",
+                                    "[[Infinity, 1]]", "[[1e400, 1]]"])
+def test_an_out_of_range_point_is_422(fake, points):
+    http, backend = fake
+    body = assert_error(match(http, TARGET, {"reference_id": "r", "points": points}), 422, "invalid_input")
+    assert "finite numbers" in body["detail"]
+    assert backend.calls == []
+
+
+@pytest.mark.parametrize("field", ["tau", "merge_threshold", "ttl_s", "X-Request-Timeout"])
+@pytest.mark.parametrize("value", [HUGE, f"-{HUGE}", "nan", "inf", "-inf", "1e999"])
+def test_out_of_range_numbers_are_422(fake, field, value):
+    http, backend = fake
+    if field == "ttl_s":
+        response = create_reference(http, REFERENCE, ttl_s=value)
+    elif field == "X-Request-Timeout":
+        response = segment(http, [TARGET], {"reference_ids": "r"}, headers={field: value})
+    else:
+        response = segment(http, [TARGET], {"reference_ids": "r", field: value})
+    body = assert_error(response, 422, "validation_error")
+    assert field in body["detail"]
+    assert backend.calls == []
+
+
+def test_a_repeated_request_timeout_header_is_422(fake):
+    http, backend = fake
+    twice = [("X-Request-Timeout", "5"), ("X-Request-Timeout", "30")]
+    body = assert_error(segment(http, [TARGET], {"reference_ids": "r"}, headers=twice), 422, "validation_error")
+    assert "X-Request-Timeout: given 2 times" in body["detail"]
     assert backend.calls == []
 
 
