@@ -10,15 +10,13 @@ model without them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from core.artifacts import file_sha256, read_json, write_atomic
+from core.artifacts import artifact_key, file_sha256, read_verified, store
 from core.errors import ArchitectureMismatchError, CorruptWeightsError, WeightsNotFoundError
 from core.specs import SPECS, BackboneSpec
 
@@ -176,17 +174,19 @@ def load_state_dict_into(model: torch.nn.Module, spec: BackboneSpec, state: dict
 
 
 def weights_sha256(path: Path, memo_dir: Path | None) -> str:
-    """sha256 of a weights file, memoised per (path, size, mtime) so a restart does not re-hash."""
+    """sha256 of a weights file, memoised per (path, inode, size, mtime) so a restart does not re-hash
+    (a verified file, ``core.artifacts``: a memo that does not verify is re-hashed)."""
     stat = path.stat()
-    memo_key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    memo = memo_dir / f"{memo_key}.json" if memo_dir is not None else None
-    remembered = read_json(memo) if memo is not None else None
-    if remembered and isinstance(remembered.get("sha256"), str):
-        return remembered["sha256"]
+    made_from = {"artifact": "weights-sha256", "path": str(path.resolve()), "inode": stat.st_ino,
+                 "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    memo = memo_dir / f"weights-{artifact_key(made_from)}.sha256" if memo_dir is not None else None
+    remembered = read_verified(memo, made_from) if memo is not None else None
+    if remembered is not None:
+        return remembered[0].decode()
     value = file_sha256(path)
     if memo is not None:
         with contextlib.suppress(OSError):  # a read-only cache only costs a re-hash next time
-            write_atomic(memo, json.dumps({"path": str(path), "sha256": value}).encode())
+            store(memo, made_from, lambda scratch: scratch.write_text(value))
     return value
 
 

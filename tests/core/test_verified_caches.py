@@ -173,3 +173,16 @@ def test_a_forged_openvino_record_is_not_trusted(tiny_checkpoint: Path, clean: I
     assert (engine.encode_tensor(images) - clean.encode_tensor(images)).abs().max() <= 1e-4
     assert blob.read_bytes() != other_bytes and read_verified(blob, json.loads(blob.with_suffix(".json").read_text())
                                                               ["made_from"])
+
+
+def test_a_forged_weights_hash_memo_is_not_trusted(tiny_checkpoint: Path, clean: Insid3, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The memo names the weights every other artifact is made from: a forged one is re-hashed."""
+    build(tiny_checkpoint, tmp_path)
+    (memo,) = (tmp_path / "hashes").glob("weights-*.sha256")
+    memo.write_text("0" * 64)
+    forge_record(memo)
+    with caplog.at_level(logging.WARNING):
+        engine = build(tiny_checkpoint, tmp_path)
+    assert "not signed" in caplog.text and engine.model_id == clean.model_id
+    assert memo.read_text() == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
