@@ -24,8 +24,8 @@ import contextlib
 import hashlib
 import importlib.metadata
 import io
-import json
 import logging
+import math
 import tempfile
 import threading
 import time
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.artifacts import artifact_key, read_json, read_verified, store, writable, write_atomic
+from core.artifacts import artifact_key, read_verified, store, writable
 from core.backbone import Backbone, extract_features
 from core.debias import constant_probe
 from core.errors import ConfigurationError, WeightsError
@@ -253,19 +253,20 @@ def _cpu_identity(core: typing.Any) -> str:
 
 def probe_parity(name: str, session: Encoder, torch_encoder: Encoder, image_size: int,
                  artifact_sha256: str, cache_dir: Path | None) -> float:
-    """Max-abs difference of ``session`` to torch on the constant probe (cached per artifact and runtime version)."""
-    record = cache_dir / f"parity-{name}-{artifact_sha256[:24]}.json" if cache_dir else None
-    version = runtime_version(name)
-    if record is not None:
-        cached = read_json(record)
-        if cached and cached.get("version") == version and cached.get("sha256") == artifact_sha256:
-            return float(cached["max_abs"])
+    """Max-abs difference of ``session`` to torch on the constant probe, infinite for NaN features (a verified
+    file per artifact and runtime version, ``core.artifacts``)."""
+    made_from = {"artifact": "parity-verdict", "runtime": name, "version": runtime_version(name),
+                 "probe": "constant", "artifact_sha256": artifact_sha256}
+    record = cache_dir / f"parity-{name}-{artifact_key(made_from)}.txt" if cache_dir else None
+    cached = read_verified(record, made_from) if record is not None else None
+    if cached is not None:
+        return float(cached[0])
     probe = constant_probe(image_size)
     max_abs = float((session(probe) - torch_encoder(probe)).abs().max())
+    max_abs = max_abs if math.isfinite(max_abs) else math.inf  # NaN compares as passing: never let it
     if record is not None:
         try:
-            write_atomic(record, json.dumps({"runtime": name, "version": version, "sha256": artifact_sha256,
-                                             "max_abs": max_abs}).encode())
+            store(record, made_from, lambda scratch: scratch.write_text(repr(max_abs)))
         except OSError as exc:
             log.warning("could not record the parity probe in %s: %s", record.parent, exc)
     return max_abs

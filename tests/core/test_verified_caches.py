@@ -186,3 +186,21 @@ def test_a_forged_weights_hash_memo_is_not_trusted(tiny_checkpoint: Path, clean:
         engine = build(tiny_checkpoint, tmp_path)
     assert "not signed" in caplog.text and engine.model_id == clean.model_id
     assert memo.read_text() == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+
+
+def test_a_forged_parity_verdict_is_not_trusted_and_nan_features_never_pass(
+    tiny_checkpoint: Path, clean: Insid3, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("openvino")
+    build(tiny_checkpoint, tmp_path, "openvino")
+    (verdict,) = (tmp_path / "encoders").glob("parity-openvino-*.txt")
+    verdict.write_text("1e9")  # a failing verdict, its record's sha256 rewritten to match
+    forge_record(verdict)
+    with caplog.at_level(logging.WARNING):
+        assert build(tiny_checkpoint, tmp_path, "openvino").runtime.name == "openvino"  # probed again: passes
+    assert "not signed" in caplog.text and float(verdict.read_text()) <= runtimes.PROBE_TOLERANCE
+
+    def nan_features(images: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(clean.encode_tensor(images), float("nan"))
+
+    assert runtimes.probe_parity("openvino", nan_features, clean.encode_tensor, SIZE, "0" * 64, None) == float("inf")
