@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from PIL import Image
 from core import runtimes
 from core.artifacts import KEY_FILE, read_verified
 from core.engine import Insid3
+from tests.support.paths import REPO_ROOT
 from tests.support.processes import INSID3
 
 SIZE = 64
@@ -101,6 +104,24 @@ def test_a_warm_cache_is_used_and_a_clean_one_is_not_rebuilt(tiny_checkpoint: Pa
     assert path.stat().st_mtime_ns == written and "rebuilding" not in caplog.text
     assert torch.equal(first.basis, again.basis)
     assert (tmp_path / KEY_FILE).stat().st_mode & 0o077 == 0  # the signing key is private
+
+
+def test_a_signing_key_others_can_read_is_not_used(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    build(tiny_checkpoint, tmp_path)
+    (basis,) = tmp_path.glob("basis-*.pt")
+    check = ("import json, sys; from pathlib import Path; from core.artifacts import read_verified; "
+             "path = Path(sys.argv[1]); made_from = json.loads(path.with_suffix('.json').read_text())['made_from']; "
+             "print(read_verified(path, made_from) is not None)")
+
+    def verifies_in_a_new_process() -> tuple[bool, str]:
+        done = subprocess.run([sys.executable, "-c", check, str(basis)], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, check=True)
+        return done.stdout.strip() == "True", done.stderr
+
+    assert verifies_in_a_new_process() == (True, "")
+    (tmp_path / KEY_FILE).chmod(0o644)
+    verified, logged = verifies_in_a_new_process()
+    assert not verified and "is not a private 32-byte key" in logged
 
 
 def test_the_next_process_ignores_a_nan_basis(tiny_checkpoint: Path, clean: Insid3, scene, tmp_path: Path) -> None:
