@@ -124,12 +124,14 @@ def test_a_signing_key_others_can_read_is_not_used(tiny_checkpoint: Path, tmp_pa
     assert not verified and "is not a private 32-byte key" in logged
 
 
-def test_the_next_process_ignores_a_nan_basis(tiny_checkpoint: Path, clean: Insid3, scene, tmp_path: Path) -> None:
-    """The must-show: a NaN in the cached basis, then a new ``insid3 segment`` process."""
+@pytest.mark.parametrize("tampering", ["nan", "one value changed"])
+def test_the_next_process_ignores_a_tampered_basis(tiny_checkpoint: Path, clean: Insid3, scene, tmp_path: Path,
+                                                   tampering: str) -> None:
+    """The must-show: the cached basis tampered with, then a new ``insid3 segment`` process."""
     cache = tmp_path / "cache"
     build(tiny_checkpoint, cache)
     (path,) = cache.glob("basis-*.pt")
-    TAMPERINGS["nan"](path)
+    TAMPERINGS[tampering](path)
     image, mask = scene
     Image.fromarray(image).save(tmp_path / "ref.png")
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
