@@ -16,9 +16,10 @@ from core import commands as core_commands
 from core import export as export_commands
 from core.errors import Insid3Error
 from evaluation import commands as evaluation_commands
+from insid3.labelling import commands as labelling_commands
 from workers import commands as worker_commands
 
-COMMANDS = (core_commands, export_commands, app_commands, worker_commands, evaluation_commands)
+COMMANDS = (core_commands, export_commands, app_commands, worker_commands, evaluation_commands, labelling_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
