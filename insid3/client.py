@@ -230,6 +230,12 @@ def _page(offset: int) -> _Call:
     return _Call("GET", "/references", lambda r: r.json(), params={"offset": offset, "limit": PAGE_SIZE})
 
 
+def _collect(items: list[Reference], page: dict[str, Any]) -> bool:
+    """Add one page of ``GET /references`` to ``items``; whether more pages follow."""
+    items += [Reference.of(body) for body in page["items"]]
+    return bool(page["items"]) and len(items) < page["total"]
+
+
 # --------------------------------------------------------------------------------- retries
 
 
@@ -354,11 +360,9 @@ class Client(_Base):
     def list_references(self, timeout: float | None = None) -> list[Reference]:
         """Every reference of yours (all pages), newest first."""
         items: list[Reference] = []
-        while True:
-            page = self._run(_page(len(items)), timeout)
-            items += [Reference.of(body) for body in page["items"]]
-            if not page["items"] or len(items) >= page["total"]:
-                return items
+        while _collect(items, self._run(_page(len(items)), timeout)):
+            pass
+        return items
 
     def delete_reference(self, reference_id: str, timeout: float | None = None) -> None:
         self._run(_Call("DELETE", f"/references/{reference_id}"), timeout)
@@ -416,11 +420,9 @@ class AsyncClient(_Base):
 
     async def list_references(self, timeout: float | None = None) -> list[Reference]:
         items: list[Reference] = []
-        while True:
-            page = await self._run(_page(len(items)), timeout)
-            items += [Reference.of(body) for body in page["items"]]
-            if not page["items"] or len(items) >= page["total"]:
-                return items
+        while _collect(items, await self._run(_page(len(items)), timeout)):
+            pass
+        return items
 
     async def delete_reference(self, reference_id: str, timeout: float | None = None) -> None:
         await self._run(_Call("DELETE", f"/references/{reference_id}"), timeout)
