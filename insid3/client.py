@@ -26,7 +26,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -187,7 +187,7 @@ class _Call:
 
     method: str
     path: str
-    parse: Any = None  # response -> value
+    parse: Callable[[httpx.Response], Any] | None = None
     data: dict[str, Any] | None = None
     files: list[tuple[str, tuple[str, bytes]]] | None = None
     params: dict[str, Any] | None = None

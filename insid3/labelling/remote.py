@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.errors import Insid3Error, InvalidInputError
-from insid3.client import AsyncClient, Client, ClientError, SegmentResult
+from insid3.client import AsyncClient, Client, ClientError, Reference, SegmentResult
 from insid3.labelling.runner import Job, Record, Sink, failed_record, target_record
 from insid3.labelling.sources import Example, Target
 
@@ -23,16 +23,14 @@ class RemoteLabeller:
     def __init__(self, url: str, api_key: str | None, concurrency: int, job: Job, timeout_s: float) -> None:
         self.url, self.api_key, self.job, self.timeout_s = url, api_key, job, timeout_s
         self.concurrency = concurrency
-        self.reference_ids: list[list[str]] = []
         with Client(url, api_key, timeout=timeout_s) as client:
-            for items in job.categories.values():
-                self.reference_ids.append([self._store(client, example) for example in items])
-            info = client.get_reference(self.reference_ids[0][0])
-        self.model = f"{info.model}@{info.image_size}"
+            stored = [[self._store(client, example) for example in items] for items in job.categories.values()]
+        self.reference_ids = [[reference.reference_id for reference in items] for items in stored]
+        self.model = f"{stored[0][0].model}@{stored[0][0].image_size}"
 
-    def _store(self, client: Client, example: Example) -> str:
+    def _store(self, client: Client, example: Example) -> Reference:
         try:
-            return client.add_reference(example.image, example.mask).reference_id
+            return client.add_reference(example.image, example.mask)
         except ClientError as exc:
             if exc.status in FILE_STATUSES:
                 raise InvalidInputError(f"reference {example.image} with mask {example.mask}: {exc.detail}") from None
