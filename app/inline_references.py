@@ -16,15 +16,16 @@ log = logging.getLogger("insid3.app")
 class InlineReferences:
     """Creates a request's inline references, kept ``ttl_s`` (INSID3_INLINE_REFERENCE_TTL_S). Used as
     ``async with``, the ones this request newly created are deleted when the block fails (an error,
-    a deadline, a client gone), so a failed request leaves nothing behind. References that existed
-    already are left alone."""
+    a deadline, a client gone), so a failed request leaves nothing behind. The delete compares the
+    record's version (``core.references``): references that existed already, or that someone stored
+    again or refreshed meanwhile, are left alone."""
 
     def __init__(self, backend: InferenceBackend, caller: Principal, ttl_s: float, deadline: float) -> None:
         self._backend = backend
         self._caller = caller
         self._ttl_s = ttl_s
         self._deadline = deadline
-        self._created: list[str] = []
+        self._created: list[StoredReference] = []
 
     async def __aenter__(self) -> InlineReferences:
         return self
@@ -47,14 +48,14 @@ class InlineReferences:
 
     async def _create(self, image: bytes, mask: bytes | None) -> StoredReference:
         record, created = await self._backend.create_reference(image, mask, None, self._ttl_s, self._deadline,
-                                                              tenant=self._caller.tenant)
+                                                              owner=self._caller.tenant)
         if created:
-            self._created.append(record.reference_id)
+            self._created.append(record)
         return record
 
-    async def _forget(self, reference_ids: list[str]) -> None:
-        for reference_id in reference_ids:
+    async def _forget(self, records: list[StoredReference]) -> None:
+        for record in records:
             try:
-                await self._backend.delete_reference(reference_id, tenant=self._caller.tenant)
+                await self._backend.delete_reference(record.reference_id, scope=record.owner, version=record.version)
             except Exception as exc:  # already gone (expired, deleted by someone) or the store is down
-                log.warning("could not delete inline reference %s of a failed request: %s", reference_id, exc)
+                log.warning("could not delete inline reference %s of a failed request: %s", record.reference_id, exc)

@@ -252,10 +252,10 @@ class Insid3:
             ]
         return encoded
 
-    def reference_key(self, image: ImageInput, mask: ImageInput | None, tenant: str = DEFAULT_TENANT) -> str:
-        """The content hash that identifies the reference (image, mask) of ``tenant`` under this model."""
+    def reference_key(self, image: ImageInput, mask: ImageInput | None, owner: str = DEFAULT_TENANT) -> str:
+        """The content hash that identifies the reference (image, mask) of ``owner`` under this model."""
         return reference_key(content_bytes(image), content_bytes(mask) if mask is not None else None,
-                             self.model_id, self.image_size, tenant)
+                             self.model_id, self.image_size, owner)
 
     def encode_reference(self, image: ImageInput, mask: ImageInput | None = None) -> ReferenceFeatures:
         """Reference features of ``image`` under ``mask`` (None: matching only), from the cache if seen."""
@@ -447,7 +447,7 @@ class Insid3:
                  checked: dict[str, ReferenceFeatures | Exception]) -> _Prepared | ReferenceFeatures:
         """Decode and validate a request's input before the shared encoder pass."""
         if isinstance(request, ReferenceRequest):
-            key = request.key or self.reference_key(request.image, request.mask, request.tenant)
+            key = request.key or self.reference_key(request.image, request.mask, request.owner)
             cached = self.cache.get(key)
             if cached is not None:
                 return cached

@@ -16,14 +16,14 @@ DEFAULT_TENANT = "default"  # the tenant of every request when API keys are off
 @dataclass(frozen=True)
 class ReferenceRequest:
     """Encode a reference image under its mask (None: match-only) and store it for ``ttl_s``
-    (0: forever), owned by ``tenant``. ``key`` is the content hash when the caller computed it already."""
+    (0: forever), owned by ``owner`` (a tenant id). ``key`` is the content hash when the caller computed it already."""
 
     image: bytes
     mask: bytes | None
     name: str | None = None
     ttl_s: float = 0.0
     key: str | None = None
-    tenant: str = DEFAULT_TENANT
+    owner: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ Conventions every implementation follows:
   dropped and the call raises ``DeadlineExceeded``; a call never waits past its deadline.
 * Reference ids are content hashes (``core.cache.reference_key``): the same bytes under the same
   model for the same tenant give the same id; two tenants uploading the same bytes get two ids.
-* References belong to the tenant that created them (``StoredReference.owner``). Every reference
-  and inference method takes the caller's ``tenant`` (keyword): another tenant's reference is
-  ``ReferenceNotFound`` (never "forbidden", so ids reveal nothing) and is left out of listings.
-  ``ANY_TENANT`` (an admin key) sees every reference.
+* The rules of references (ownership, visibility, quota, lifetime, corrupt records) are
+  ``core.references``: a reference belongs to its ``owner`` (the tenant that stored it); a caller
+  sees what its ``scope`` allows (its tenant id, or ``ANY_TENANT`` for an admin key). Another
+  tenant's reference is ``ReferenceNotFound`` (never "forbidden", so ids reveal nothing).
 * Engine errors are raised as the ``core.errors`` classes; serving errors are the
   ``BackendError`` subclasses below. The HTTP layer maps them to ``{"error": code, "detail": ...}``.
 * When several targets are given, the first failing target's error is raised for the call.
@@ -22,7 +22,8 @@ Conventions every implementation follows:
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-ANY_TENANT = "*"  # the caller of an admin key: sees and deletes every tenant's references
+ANY_TENANT = "*"  # the scope of an admin key's caller: sees and deletes every tenant's references
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -116,6 +117,11 @@ def unwrap(result: object, expected: type[T]) -> T:
 # ------------------------------------------------------------------------ stored references
 
 
+def new_version() -> str:
+    """A fresh record version: every store or refresh of a reference gets one (compare-and-delete)."""
+    return uuid.uuid4().hex[:16]
+
+
 def expiry(now: datetime, ttl_s: float) -> datetime | None:
     """When a reference created or refreshed at ``now`` with ``ttl_s`` expires (None: never, ``ttl_s`` <= 0)."""
     return None if ttl_s <= 0 else now + timedelta(seconds=ttl_s)
@@ -134,7 +140,8 @@ class StoredReference:
     image_size: int
     created_at: datetime
     expires_at: datetime | None  # None: never
-    owner: str = DEFAULT_TENANT  # the tenant that created it
+    owner: str = DEFAULT_TENANT  # the tenant that stored it
+    version: str = ""  # new at every store or refresh ("": a record from before versions)
 
     @classmethod
     def of(cls, features: ReferenceFeatures, name: str | None, ttl_s: float, owner: str,
@@ -143,23 +150,22 @@ class StoredReference:
         now = now or datetime.now(UTC)
         height, width = features.original_size
         return cls(features.key, name, width, height, features.mask_area, features.model_id,
-                   features.image_size, now, expiry(now, ttl_s), owner)
+                   features.image_size, now, expiry(now, ttl_s), owner, new_version())
 
-    def visible_to(self, tenant: str) -> bool:
-        """Whether ``tenant`` (``ANY_TENANT``: an admin) may see this reference."""
-        return tenant in (ANY_TENANT, self.owner)
+    def visible_in(self, scope: str) -> bool:
+        """Whether a caller of ``scope`` (a tenant id, or ``ANY_TENANT``: an admin) may see this reference."""
+        return scope in (ANY_TENANT, self.owner)
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
 
     def extended(self, ttl_s: float, name: str | None = None, now: datetime | None = None) -> StoredReference:
-        """This record with its lifetime extended to ``ttl_s`` from now (never shortened) and
-        renamed to ``name`` when one is given."""
-        renamed = self if name is None or name == self.name else replace(self, name=name)
+        """This record refreshed: a new version, its lifetime extended to ``ttl_s`` from now (never
+        shortened) and renamed to ``name`` when one is given."""
         new = expiry(now or datetime.now(UTC), ttl_s)
-        if renamed.expires_at is None or (new is not None and new <= renamed.expires_at):
-            return renamed
-        return replace(renamed, expires_at=new)
+        longer = self.expires_at is not None and (new is None or new > self.expires_at)
+        return replace(self, name=self.name if name is None else name,
+                       expires_at=new if longer else self.expires_at, version=new_version())
 
     def to_json(self) -> str:
         fields = asdict(self)
@@ -185,6 +191,7 @@ class ReferencePage:
     total: int
     offset: int
     limit: int
+    unreadable: tuple[str, ...] = ()  # ids of records in the page that could not be read (storage only)
 
 
 # --------------------------------------------------------------------------------- backends
@@ -206,34 +213,35 @@ class InferenceBackend(Protocol):
 
     async def create_reference(
         self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None, deadline: float,
-        *, tenant: str = DEFAULT_TENANT,
+        *, owner: str = DEFAULT_TENANT,
     ) -> tuple[StoredReference, bool]:
-        """Encode and store a reference owned by ``tenant`` (a tenant id, never ``ANY_TENANT``);
-        returns its record and True when it was newly created (False: the tenant's identical
-        reference existed; its lifetime is extended, never shortened, and a ``name`` given
-        renames it). ``mask=None`` makes a match-only reference; ``ttl_s=None`` uses the
-        configured default, ``ttl_s=0`` never expires. ``QuotaExceeded`` when the tenant holds
-        its quota of references."""
+        """Encode and store a reference of ``owner`` (a tenant id, never ``ANY_TENANT``); returns its
+        record and True when it was newly created (False: the owner's identical reference existed;
+        it is refreshed as ``core.references`` says). ``mask=None`` makes a match-only reference;
+        ``ttl_s=None`` uses the configured default, ``ttl_s=0`` never expires."""
 
-    async def get_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> StoredReference:
-        """The record of a live reference ``tenant`` may see, else ``ReferenceNotFound``."""
+    async def get_reference(self, reference_id: str, *, scope: str = DEFAULT_TENANT) -> StoredReference:
+        """The record of a live reference visible in ``scope``, read once: the request then hands it
+        to ``segment``/``match``."""
 
-    async def delete_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
-        """Forget a reference ``tenant`` may see, else ``ReferenceNotFound``."""
+    async def delete_reference(self, reference_id: str, *, scope: str = DEFAULT_TENANT,
+                               version: str | None = None) -> None:
+        """Forget a reference visible in ``scope``; with ``version``, only while its record still
+        has that version (a reference stored again or refreshed meanwhile is left alone)."""
 
-    async def list_references(self, offset: int, limit: int, *, tenant: str = DEFAULT_TENANT) -> ReferencePage:
-        """The live references ``tenant`` may see, newest first."""
+    async def list_references(self, offset: int, limit: int, *, scope: str = DEFAULT_TENANT) -> ReferencePage:
+        """The live references visible in ``scope``, newest first."""
 
     async def segment(
-        self, targets: list[bytes], reference_ids: list[str], tau: float | None,
-        merge_threshold: float | None, deadline: float, *, tenant: str = DEFAULT_TENANT,
+        self, targets: list[bytes], references: Sequence[StoredReference], tau: float | None,
+        merge_threshold: float | None, deadline: float,
     ) -> list[SegmentationResult]:
-        """Segment every target with the k references (k-shot) ``tenant`` may see; one result
-        per target, in order."""
+        """Segment every target with the k references (k-shot), as resolved by ``get_reference``
+        or created; one result per target, in order."""
 
     async def match(
-        self, target: bytes, reference_id: str, points: list[tuple[float, float]], debiased: bool,
-        deadline: float, *, tenant: str = DEFAULT_TENANT,
+        self, target: bytes, reference: StoredReference, points: list[tuple[float, float]], debiased: bool,
+        deadline: float,
     ) -> MatchResult:
         """Map ``points`` ((x, y) in reference pixels) to the target, with a confidence each."""
 

@@ -31,15 +31,13 @@ from prometheus_client import Gauge
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from core.errors import Insid3Error
+from core.references import ReferencePolicy
 from core.requests import MatchRequest, ReferenceRequest, Request, SegmentRequest
 from core.serving import (
-    ANY_TENANT,
     DEFAULT_TENANT,
     DeadlineExceeded,
     ModelUnavailable,
     QueueFull,
-    QuotaExceeded,
-    ReferenceNotFound,
     ReferencePage,
     StoredReference,
     unwrap,
@@ -50,7 +48,7 @@ from workers.connection import REDIS_DOWN, connect
 from workers.jobs import Job
 from workers.keys import DEFAULT_KEYS, Keys, model_key
 from workers.producer import Producer
-from workers.references import ReferenceStore
+from workers.references import RedisReferenceStorage
 from workers.supervision import Health, supervise
 
 log = logging.getLogger("insid3.app")
@@ -108,7 +106,8 @@ class RedisBackend:
         self._where = redact(redis_url)
         self._client = connect(redis_url)
         self._queue = Producer(self._client, keys)
-        self._store = ReferenceStore(self._client, keys)
+        self._references = ReferencePolicy(RedisReferenceStorage(self._client, keys), limits.reference_ttl_s,
+                                           limits.reference_quota)
         self._inbox = keys.inbox(uuid.uuid4().hex)
         self._waiting: dict[str, asyncio.Future[Result]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -171,39 +170,29 @@ class RedisBackend:
 
     async def create_reference(
         self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None, deadline: float,
-        *, tenant: str = DEFAULT_TENANT,
+        *, owner: str = DEFAULT_TENANT,
     ) -> tuple[StoredReference, bool]:
-        """The quota is checked when the request arrives: a tenant at its quota can't create or
-        refresh references (concurrent creates may pass it by their number)."""
-        quota = self._limits.reference_quota
-        if quota:
-            with self._redis_errors():
-                held = await self._store.count(tenant)
-            if held >= quota:
-                raise QuotaExceeded(f"you hold {held} references, your quota is {quota} "
-                                    "(INSID3_REFERENCE_QUOTA); delete some before creating new ones")
-        ttl = self._limits.reference_ttl_s if ttl_s is None else ttl_s
-        [result] = await self._submit([ReferenceRequest(image, mask, name, ttl, tenant=tenant)], deadline)
+        """The quota is checked here, when the request arrives (concurrent creates may pass it by
+        their number); the worker that encodes it stores or refreshes it."""
+        with self._redis_errors():
+            await self._references.admit(owner)
+        request = ReferenceRequest(image, mask, name, self._references.lifetime(ttl_s), owner=owner)
+        [result] = await self._submit([request], deadline)
         created = _result(result, ReferenceCreated)
         return created.record, created.created
 
-    async def get_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> StoredReference:
+    async def get_reference(self, reference_id: str, *, scope: str = DEFAULT_TENANT) -> StoredReference:
         with self._redis_errors():
-            record = await self._store.record(reference_id)
-        if record is None or not record.visible_to(tenant):
-            raise ReferenceNotFound(reference_id)
-        return record
+            return await self._references.resolve(reference_id, scope)
 
-    async def delete_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
-        await self.get_reference(reference_id, tenant=tenant)
+    async def delete_reference(self, reference_id: str, *, scope: str = DEFAULT_TENANT,
+                               version: str | None = None) -> None:
         with self._redis_errors():
-            deleted = await self._store.delete(reference_id)
-        if not deleted:
-            raise ReferenceNotFound(reference_id)
+            await self._references.delete(reference_id, scope, version)
 
-    async def list_references(self, offset: int, limit: int, *, tenant: str = DEFAULT_TENANT) -> ReferencePage:
+    async def list_references(self, offset: int, limit: int, *, scope: str = DEFAULT_TENANT) -> ReferencePage:
         with self._redis_errors():
-            return await self._store.page(offset, limit, tenant)
+            return await self._references.listing(scope, offset, limit)
 
     # ---------------------------------------------------------------------------- inference
 
@@ -214,16 +203,13 @@ class RedisBackend:
             self._models = (time.monotonic(), models)
         return models
 
-    async def _route(self, reference_ids: Sequence[str]) -> str:
-        """The model key whose workers must run jobs on ``reference_ids`` (or on new references)."""
+    async def _route(self, references: Sequence[StoredReference]) -> str:
+        """The model key whose workers must run jobs on ``references`` (or on new references)."""
         models = await self._served_models()
         if not models:
             raise ModelUnavailable(f"no worker is serving the job queue at {self._where}")
-        if reference_ids:
-            record = await self._store.record(reference_ids[0])
-            if record is None:
-                raise ReferenceNotFound(reference_ids[0])
-            made_by = (record.model, record.image_size)
+        if references:
+            made_by = (references[0].model, references[0].image_size)
             return next((key for key, d in models.items() if (d.get("model"), d.get("image_size")) == made_by),
                         model_key(*made_by))
         wanted = (self._limits.model_size, self._limits.image_size)
@@ -233,21 +219,20 @@ class RedisBackend:
         return max(models, key=lambda key: float(str(models[key].get("started_at", 0))))
 
     async def segment(
-        self, targets: list[bytes], reference_ids: list[str], tau: float | None,
-        merge_threshold: float | None, deadline: float, *, tenant: str = DEFAULT_TENANT,
+        self, targets: list[bytes], references: Sequence[StoredReference], tau: float | None,
+        merge_threshold: float | None, deadline: float,
     ) -> list[SegmentationResult]:
-        await self._check_visible(tenant, reference_ids)
-        requests: list[Request] = [SegmentRequest(t, reference_ids, tau, merge_threshold) for t in targets]
-        results = await self._submit(requests, deadline, reference_ids)
+        ids = [record.reference_id for record in references]
+        requests: list[Request] = [SegmentRequest(t, ids, tau, merge_threshold) for t in targets]
+        results = await self._submit(requests, deadline, references)
         return [_result(result, SegmentationResult) for result in results]
 
     async def match(
-        self, target: bytes, reference_id: str, points: list[tuple[float, float]], debiased: bool,
-        deadline: float, *, tenant: str = DEFAULT_TENANT,
+        self, target: bytes, reference: StoredReference, points: list[tuple[float, float]], debiased: bool,
+        deadline: float,
     ) -> MatchResult:
-        await self._check_visible(tenant, [reference_id])
-        [result] = await self._submit([MatchRequest(target, reference_id, points, debiased)], deadline,
-                                      [reference_id])
+        request = MatchRequest(target, reference.reference_id, points, debiased)
+        [result] = await self._submit([request], deadline, [reference])
         return _result(result, MatchResult)
 
     async def queue_depth(self) -> int:
@@ -261,17 +246,6 @@ class RedisBackend:
 
     # ---------------------------------------------------------------------------- plumbing
 
-    async def _check_visible(self, tenant: str, reference_ids: Sequence[str]) -> None:
-        """``ReferenceNotFound`` for a reference of another tenant; missing ones are left to the
-        enqueueing script (which reports them atomically, after a missing worker)."""
-        if tenant == ANY_TENANT:
-            return
-        for reference_id in dict.fromkeys(reference_ids):
-            with self._redis_errors():
-                record = await self._store.record(reference_id)
-            if record is not None and not record.visible_to(tenant):
-                raise ReferenceNotFound(reference_id)
-
     @contextlib.contextmanager
     def _redis_errors(self) -> Iterator[None]:
         """Redis being unreachable, or refusing a command (out of memory...), is a 503 with the reason."""
@@ -284,7 +258,7 @@ class RedisBackend:
             raise ModelUnavailable(redis_refusal(exc)) from None
 
     async def _submit(self, requests: Sequence[Request], deadline: float,
-                      reference_ids: Sequence[str] = ()) -> list[Result]:
+                      references: Sequence[StoredReference] = ()) -> list[Result]:
         """Queue one job per request (all or none) and wait for every answer until ``deadline``."""
         if self._closing:
             raise ModelUnavailable("the server is shutting down")
@@ -296,15 +270,12 @@ class RedisBackend:
         self._waiting.update(futures)
         try:
             with self._redis_errors():
-                model = await self._route(reference_ids)
-                enqueued = await self._queue.enqueue(jobs, self._limits.max_backlog, reference_ids, model,
-                                                     HEARTBEAT_TTL_MS)
+                model = await self._route(references)
+                enqueued = await self._queue.enqueue(jobs, self._limits.max_backlog, model, HEARTBEAT_TTL_MS)
             if enqueued.backlog is not None:
                 retry = self._limits.retry_after_s
                 raise QueueFull(retry, f"the job queue is full ({enqueued.backlog} of {self._limits.max_backlog} "
                                        f"jobs waiting); retry in {retry:g} s")
-            if enqueued.missing_reference is not None:
-                raise ReferenceNotFound(enqueued.missing_reference)
             if enqueued.no_worker:
                 raise ModelUnavailable(f"no worker is serving the model {model} at {self._where}")
             try:

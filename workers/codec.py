@@ -67,7 +67,7 @@ def encode_request(request: Request) -> bytes:
     """The ``body`` frame of a job entry."""
     if isinstance(request, ReferenceRequest):
         blobs = [request.image] if request.mask is None else [request.image, request.mask]
-        return pack({"name": request.name, "ttl_s": request.ttl_s, "tenant": request.tenant}, blobs)
+        return pack({"name": request.name, "ttl_s": request.ttl_s, "owner": request.owner}, blobs)
     if isinstance(request, SegmentRequest):
         header = {"references": request.reference_ids, "tau": request.tau,
                   "merge_threshold": request.merge_threshold}
@@ -82,8 +82,9 @@ def decode_request(kind: str, body: bytes) -> Request:
     header, blobs = unpack(body)
     try:
         if kind == "reference":
+            owner = header.get("owner", header.get("tenant", DEFAULT_TENANT))  # "tenant": an API of the last version
             return ReferenceRequest(blobs[0], blobs[1] if len(blobs) > 1 else None, header["name"],
-                                    float(header["ttl_s"]), tenant=str(header.get("tenant", DEFAULT_TENANT)))
+                                    float(header["ttl_s"]), owner=str(owner))
         if kind == "segment":
             return SegmentRequest(blobs[0], [str(r) for r in header["references"]],
                                   header["tau"], header["merge_threshold"])

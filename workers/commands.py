@@ -113,10 +113,10 @@ def _queue_handler(action: QueueAction) -> Callable[[argparse.Namespace], int]:
 async def _stats(queue: Admin, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from workers.references import ReferenceStore
+    from workers.references import RedisReferenceStorage
 
     streams = {model: await queue.for_model(model).stats() for model in await queue.models()}
-    reference_bytes = await ReferenceStore(queue.client, queue.keys).used_bytes()
+    reference_bytes = await RedisReferenceStorage(queue.client, queue.keys).used_bytes()
     if args.json:
         print(json.dumps({model: asdict(stats) for model, stats in streams.items()}, indent=2))
         return 0

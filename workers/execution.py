@@ -12,12 +12,13 @@ from redis.exceptions import ResponseError
 
 from core.engine import Insid3
 from core.errors import Insid3Error
+from core.references import ReferencePolicy
 from core.requests import ReferenceRequest, Request, reference_ids
-from core.serving import CorruptReference, JobFailed, ModelUnavailable, ReferenceNotFound, StoredReference
+from core.serving import JobFailed, ModelUnavailable, ReferenceNotFound, StoredReference
 from core.types import ReferenceFeatures
 from workers.codec import ProtocolError, ReferenceCreated, RemoteError, Result, error_of
 from workers.jobs import Job
-from workers.references import ReferenceStore
+from workers.references import RedisReferenceStorage
 
 log = logging.getLogger("insid3.worker")
 
@@ -35,9 +36,10 @@ class BatchOutcome:
 class Executor:
     """Runs batches of queued jobs on one engine."""
 
-    def __init__(self, engine: Insid3, store: ReferenceStore) -> None:
+    def __init__(self, engine: Insid3, storage: RedisReferenceStorage) -> None:
         self.engine = engine
-        self.store = store
+        self.storage = storage
+        self.references = ReferencePolicy(storage)  # lifetimes come with each request
 
     async def execute(self, jobs: Sequence[Job]) -> BatchOutcome:
         """Answer or fail every job; the ones needing the engine share one ``run_batch`` call."""
@@ -80,8 +82,8 @@ class Executor:
                      ) -> Request | ReferenceCreated:
         """``request`` ready for the engine, or the answer when an identical reference exists."""
         if isinstance(request, ReferenceRequest):
-            key = await asyncio.to_thread(self.engine.reference_key, request.image, request.mask, request.tenant)
-            existing = await self.store.extend(key, request.ttl_s, request.name, request.tenant)
+            key = await asyncio.to_thread(self.engine.reference_key, request.image, request.mask, request.owner)
+            existing = await self.references.refresh(key, request.ttl_s, request.name)
             if existing is not None:
                 return ReferenceCreated(existing, False)
             return replace(request, key=key)
@@ -99,7 +101,7 @@ class Executor:
             if cached is not None:
                 found[reference_id] = cached
         missing = sorted(wanted - found.keys())
-        blobs = await self.store.features(missing)
+        blobs = await self.storage.features(missing)
         for reference_id in missing:
             if reference_id not in blobs:
                 found[reference_id] = ReferenceNotFound(reference_id)
@@ -110,18 +112,12 @@ class Executor:
                 found[reference_id] = exc
                 continue
             except Exception as exc:  # anything from garbage bytes: the reference is corrupt, drop it
-                found[reference_id] = await self._drop_corrupt(reference_id, exc)
+                reason = f"its features do not load ({type(exc).__name__}: {exc})"
+                found[reference_id] = await self.references.drop_corrupt(reference_id, reason)
                 continue
             self.engine.cache.put(features)
             found[reference_id] = features
         return found
-
-    async def _drop_corrupt(self, reference_id: str, exc: Exception) -> CorruptReference:
-        """Forget a reference whose stored data does not load (every worker then agrees it is gone)."""
-        log.error("reference %s is corrupt in Redis and is dropped: %s: %s", reference_id, type(exc).__name__, exc)
-        await self.store.delete(reference_id)
-        return CorruptReference(f"reference {reference_id!r} was corrupt in storage and has been dropped; "
-                                f"store it again ({type(exc).__name__})")
 
     async def _run(self, requests: list[Request], references: dict[str, ReferenceFeatures]
                    ) -> list[object]:
@@ -137,16 +133,11 @@ class Executor:
     async def _store_reference(self, request: ReferenceRequest, features: ReferenceFeatures) -> Result:
         """Save new reference features to Redis (fp16 raw features: the debiased map is recomputed
         on load; with the request's lifetime), or the error that prevented it."""
-        record = StoredReference.of(features, request.name, request.ttl_s, request.tenant)
+        record = StoredReference.of(features, request.name, request.ttl_s, request.owner)
         payload = await asyncio.to_thread(features.to_bytes, "fp16", False)
         try:
-            existing = await self.store.save(record, payload, request.ttl_s)
+            return ReferenceCreated(*await self.references.keep(record, payload, request.ttl_s))
         except Insid3Error as exc:  # the reference budget is full
             return error_of(exc)
         except ResponseError as exc:  # Redis refuses writes: out of memory, read-only replica
             return error_of(ModelUnavailable(f"Redis cannot store the reference: {exc}"))
-        if existing is None:
-            return ReferenceCreated(record, True)
-        # created meanwhile elsewhere
-        extended = await self.store.extend(record.reference_id, request.ttl_s, request.name, request.tenant)
-        return ReferenceCreated(extended or existing, False)

@@ -22,7 +22,6 @@ class Enqueued:
 
     ids: list[str] = field(default_factory=list)
     backlog: int | None = None  # set when the backlog bound refused the jobs
-    missing_reference: str | None = None  # an unknown reference id
     no_worker: bool = False  # no worker is alive
 
 
@@ -33,15 +32,15 @@ class Producer(Broker):
         super().__init__(client, keys)
         self._enqueue = client.register_script(scripts.ENQUEUE)
 
-    async def enqueue(self, jobs: Sequence[Job], max_backlog: int, reference_ids: Sequence[str] = (),
-                      model: str | None = None, alive_ttl_ms: int = 3000) -> Enqueued:
-        """Atomically check a worker of ``model`` (default: the keys' model) is alive, the references
-        exist and the backlog bound, then XADD every job (all or none) to ``model``'s stream; renews
+    async def enqueue(self, jobs: Sequence[Job], max_backlog: int, model: str | None = None,
+                      alive_ttl_ms: int = 3000) -> Enqueued:
+        """Atomically check a worker of ``model`` (default: the keys' model) is alive and the backlog
+        bound, then XADD every job (all or none) to ``model``'s stream; renews
         the liveness of the jobs' inbox for ``alive_ttl_ms`` (workers drop the jobs of an API process
         that is gone)."""
         routed = self.keys if model is None else self.keys.for_model(model)
         inbox = jobs[0].reply_to if jobs else ""
-        keys = [routed.stream, routed.model_alive, inbox_alive(inbox), *(self.keys.reference(r) for r in reference_ids)]
+        keys = [routed.stream, routed.model_alive, inbox_alive(inbox)]
         per_job = [[k for pair in job.fields().items() for k in pair] for job in jobs]
         args = [GROUP, max_backlog, STREAM_MAXLEN, len(jobs), len(per_job[0]) if per_job else 0, alive_ttl_ms]
         reply = await self._enqueue(keys=keys, args=args + [v for fields in per_job for v in fields])
@@ -50,8 +49,6 @@ class Producer(Broker):
             return Enqueued(ids=[text(i) for i in reply[1:]])
         if status == "full":
             return Enqueued(backlog=int(reply[1]))
-        if status == "missing":
-            return Enqueued(missing_reference=text(reply[1]).removeprefix(self.keys.reference("")))
         return Enqueued(no_worker=True)
 
     async def pop_replies(self, inbox: str, timeout_s: float, count: int = 256) -> list[bytes]:

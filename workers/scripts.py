@@ -8,14 +8,12 @@ The scripts that write start with ``#!lua`` (Redis 7 script flags): at ``maxmemo
 them before they run (OOM), so none is ever cut in half (say an XACK without its reply).
 """
 
-# KEYS: stream, the model's liveness key, the caller's inbox liveness key, reference keys...
+# KEYS: stream, the model's liveness key, the caller's inbox liveness key
 # ARGV: group, max_backlog, maxlen, n_jobs, n_fields, inbox liveness ttl ms, fields...
-# -> {"ok", id...} | {"full", backlog} | {"missing", key} | {"no_worker"}
+# -> {"ok", id...} | {"full", backlog} | {"no_worker"}. The references a job names are not looked at:
+# the API resolved them once already (a reference gone meanwhile is the worker's answer).
 ENQUEUE = """#!lua
 if redis.call('EXISTS', KEYS[2]) == 0 then return {'no_worker'} end
-for i = 4, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 0 then return {'missing', KEYS[i]} end
-end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[6])
 local backlog, found = 0, false
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -148,11 +146,30 @@ redis.call('HINCRBY', KEYS[3], 'total', size)
 return {'ok'}
 """
 
-# KEYS: by created, by expiry, bytes, ref, tenant's by created, tenant's by expiry   ARGV: id
-# -> 1 when the reference existed
-DELETE_REFERENCE = """
+# decoded(raw) -> the table a record's JSON holds, or nil when it is not one (a corrupt record)
+_DECODED = """
+local function decoded(raw)
+  if not raw then return nil end
+  local ok, info = pcall(cjson.decode, raw)
+  if ok and type(info) == 'table' then return info end
+  return nil
+end
+"""
+
+# KEYS: by created, by expiry, bytes, ref   ARGV: id, version ('': any), and the owner's listing keys
+# as (prefix, by created suffix, by expiry suffix) around the owner's id
+# -> 1 when the reference was deleted; 0 when there was none, or its record has another version.
+# A corrupt record (no owner to read) leaves its id in its owner's listing, which drops it when read.
+DELETE_REFERENCE = _DECODED + """
+local info = decoded(redis.call('HGET', KEYS[4], 'info'))
+if ARGV[2] ~= '' and (not info or (info['version'] or '') ~= ARGV[2]) then return 0 end
 local deleted = redis.call('DEL', KEYS[4])
-for _, listing in ipairs({KEYS[1], KEYS[2], KEYS[5], KEYS[6]}) do redis.call('ZREM', listing, ARGV[1]) end
+local listings = {KEYS[1], KEYS[2]}
+if info and type(info['owner']) == 'string' then
+  listings[3] = ARGV[3] .. info['owner'] .. ARGV[4]
+  listings[4] = ARGV[3] .. info['owner'] .. ARGV[5]
+end
+for _, listing in ipairs(listings) do redis.call('ZREM', listing, ARGV[1]) end
 local size = redis.call('HGET', KEYS[3], ARGV[1])
 if size then
   redis.call('HDEL', KEYS[3], ARGV[1])
@@ -161,30 +178,16 @@ end
 return deleted
 """
 
-# KEYS: ref, by expiry, tenant's by expiry   ARGV: id, ttl ms (0: never), expires_at (ISO or ''),
-# expiry score, name ('' : keep)
-# -> the info, extended when the new lifetime ends later (a lifetime is never shortened) and
-# renamed when a name is given, or nil when the reference is gone.
-EXTEND_REFERENCE = """#!lua
-local raw = redis.call('HGET', KEYS[1], 'info')
-if not raw then return false end
-local info = cjson.decode(raw)
-local changed = ARGV[5] ~= '' and info['name'] ~= ARGV[5]
-if changed then info['name'] = ARGV[5] end
-local remaining = redis.call('PTTL', KEYS[1])
-local longer = remaining ~= -1 and (tonumber(ARGV[2]) == 0 or tonumber(ARGV[2]) > remaining)
-if longer then
-  if ARGV[3] == '' then info['expires_at'] = cjson.null else info['expires_at'] = ARGV[3] end
-end
-if not changed and not longer then return raw end
-raw = cjson.encode(info)
-redis.call('HSET', KEYS[1], 'info', raw)
-if longer then
-  if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) else redis.call('PERSIST', KEYS[1]) end
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-end
-return raw
+# KEYS: ref, by expiry, owner's by expiry   ARGV: id, version, info, ttl ms (0: never), expiry score
+# -> 1 when ``info`` replaced the record (which had ``version``), else 0 (gone, or another version).
+REPLACE_REFERENCE = "#!lua\n" + _DECODED + """
+local info = decoded(redis.call('HGET', KEYS[1], 'info'))
+if not info or (info['version'] or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'info', ARGV[3])
+if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) else redis.call('PERSIST', KEYS[1]) end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+return 1
 """
 
 # KEYS: by created, by expiry [, bytes]   -> drops the ids whose expiry time has passed

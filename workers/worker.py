@@ -40,7 +40,7 @@ from workers.consumer import Consumer, Reclaimed
 from workers.execution import Executor
 from workers.jobs import Job
 from workers.keys import DEFAULT_KEYS, model_key
-from workers.references import ReferenceStore
+from workers.references import RedisReferenceStorage
 from workers.settings import WorkerSettings
 from workers.supervision import Health, supervise
 
@@ -58,8 +58,8 @@ class Worker:
         self.engine = engine
         self.model = settings.model_key or model_key(engine.model_id, engine.image_size)
         self.queue = Consumer(client, DEFAULT_KEYS.for_model(self.model))
-        store = ReferenceStore(client, self.queue.keys, settings.reference_budget_bytes)
-        self.executor = Executor(engine, store)
+        storage = RedisReferenceStorage(client, self.queue.keys, settings.reference_budget_bytes)
+        self.executor = Executor(engine, storage)
         self.name = settings.name
         self.health = Health()
         self.started_at = time.time()

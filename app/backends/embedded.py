@@ -10,12 +10,13 @@ import re
 from collections.abc import Sequence
 
 from app.backends.batcher import BatchingLoop
-from app.backends.store import ReferenceStore
+from app.backends.store import EmbeddedReferenceStorage
 from app.settings import Settings
 from core.engine import Insid3
 from core.errors import Insid3Error
+from core.references import ReferencePolicy, UnreadableRecord
 from core.requests import MatchRequest, ReferenceRequest, SegmentRequest
-from core.serving import DEFAULT_TENANT, ModelUnavailable, QuotaExceeded, ReferencePage, StoredReference, unwrap
+from core.serving import DEFAULT_TENANT, ModelUnavailable, ReferenceNotFound, ReferencePage, StoredReference, unwrap
 from core.types import MatchResult, ReferenceFeatures, SegmentationResult
 
 log = logging.getLogger("insid3.app")
@@ -38,7 +39,8 @@ class EmbeddedBackend:
             f"the model is loading (model size {settings.model_size!r}, image size {settings.image_size})"
         )
         self._engine: Insid3 | None = None
-        self._store: ReferenceStore | None = None
+        self._references: ReferencePolicy[ReferenceFeatures] | None = None
+        self._storage: EmbeddedReferenceStorage | None = None
         self._batcher: BatchingLoop | None = None
         self._build_task: asyncio.Task[None] | None = None
 
@@ -48,7 +50,7 @@ class EmbeddedBackend:
     async def _build(self) -> None:
         try:
             engine = await asyncio.to_thread(Insid3.build, **self._settings.engine_kwargs())
-            store = await asyncio.to_thread(ReferenceStore, engine.cache, self._settings.reference_dir)
+            storage = await asyncio.to_thread(EmbeddedReferenceStorage, engine.cache, self._settings.reference_dir)
         except Insid3Error as exc:
             self._problem = f"the model could not be loaded: {exc.detail}"
             log.error("%s", self._problem)
@@ -65,7 +67,8 @@ class EmbeddedBackend:
             settings.max_queue, settings.retry_after_s,
         )
         self._batcher.start()
-        self._engine, self._store = engine, store
+        self._engine, self._storage = engine, storage
+        self._references = ReferencePolicy(storage, settings.reference_ttl_s, settings.reference_quota)
         self._problem = None
         log.info("engine ready: %s at %d on %s", engine.model_id, engine.image_size, engine.device)
 
@@ -80,68 +83,69 @@ class EmbeddedBackend:
     async def readiness(self) -> str | None:
         return None if self._problem is None else client_safe(self._problem)
 
-    def _ready(self) -> tuple[Insid3, ReferenceStore, BatchingLoop]:
-        if self._engine is None or self._store is None or self._batcher is None:
+    def _ready(self) -> tuple[Insid3, ReferencePolicy[ReferenceFeatures], BatchingLoop]:
+        if self._engine is None or self._references is None or self._batcher is None:
             raise ModelUnavailable(client_safe(self._problem or "the model is not loaded"))
-        return self._engine, self._store, self._batcher
+        return self._engine, self._references, self._batcher
 
     async def create_reference(
         self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None, deadline: float,
-        *, tenant: str = DEFAULT_TENANT,
+        *, owner: str = DEFAULT_TENANT,
     ) -> tuple[StoredReference, bool]:
-        engine, store, batcher = self._ready()
-        ttl = self._settings.reference_ttl_s if ttl_s is None else ttl_s
-        self._check_quota(store, tenant)
-        key = await asyncio.to_thread(engine.reference_key, image, mask, tenant)
-        existing = store.extend(key, ttl, name)
+        engine, references, batcher = self._ready()
+        ttl = references.lifetime(ttl_s)
+        await references.admit(owner)
+        key = await asyncio.to_thread(engine.reference_key, image, mask, owner)
+        existing = await references.refresh(key, ttl, name)
         if existing is not None:
             return existing, False
-        [result] = await batcher.submit([ReferenceRequest(image, mask, name, ttl, key, tenant)], {}, deadline)
+        [result] = await batcher.submit([ReferenceRequest(image, mask, name, ttl, key, owner)], {}, deadline)
         features = unwrap(result, ReferenceFeatures)
-        existing = store.extend(key, ttl, name)  # an identical request may have finished meanwhile
-        if existing is not None:
-            return existing, False
-        record = StoredReference.of(features, name, ttl, tenant)
-        await store.put(record, features)
-        return record, True
+        return await references.keep(StoredReference.of(features, name, ttl, owner), features, ttl)
 
-    def _check_quota(self, store: ReferenceStore, tenant: str) -> None:
-        """A tenant at its quota can't create or refresh references (checked when the request arrives)."""
-        quota = self._settings.reference_quota
-        if quota and (held := store.count(tenant)) >= quota:
-            raise QuotaExceeded(f"you hold {held} references, your quota is {quota} "
-                                "(INSID3_REFERENCE_QUOTA); delete some before creating new ones")
+    async def get_reference(self, reference_id: str, *, scope: str = DEFAULT_TENANT) -> StoredReference:
+        return await self._ready()[1].resolve(reference_id, scope)
 
-    async def get_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> StoredReference:
-        return self._ready()[1].record(tenant, reference_id)
+    async def delete_reference(self, reference_id: str, *, scope: str = DEFAULT_TENANT,
+                               version: str | None = None) -> None:
+        await self._ready()[1].delete(reference_id, scope, version)
 
-    async def delete_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
-        self._ready()[1].delete(tenant, reference_id)
+    async def list_references(self, offset: int, limit: int, *, scope: str = DEFAULT_TENANT) -> ReferencePage:
+        return await self._ready()[1].listing(scope, offset, limit)
 
-    async def list_references(self, offset: int, limit: int, *, tenant: str = DEFAULT_TENANT) -> ReferencePage:
-        return self._ready()[1].page(tenant, offset, limit)
-
-    async def _features(self, tenant: str, reference_ids: Sequence[str]) -> dict[str, ReferenceFeatures]:
-        store = self._ready()[1]
-        return {reference_id: await store.features(tenant, reference_id)
-                for reference_id in dict.fromkeys(reference_ids)}
+    async def _features(self, references: Sequence[StoredReference]) -> dict[str, ReferenceFeatures]:
+        """The features of resolved references (a corrupt file on disk is dropped: storing the same
+        reference again repairs it)."""
+        policy = self._ready()[1]
+        assert self._storage is not None
+        found: dict[str, ReferenceFeatures] = {}
+        for reference_id in dict.fromkeys(record.reference_id for record in references):
+            try:
+                features = await self._storage.features(reference_id)
+            except UnreadableRecord as exc:
+                raise await policy.drop_corrupt(reference_id, str(exc)) from None
+            if features is None:
+                raise ReferenceNotFound(reference_id)
+            found[reference_id] = features
+        return found
 
     async def segment(
-        self, targets: list[bytes], reference_ids: list[str], tau: float | None,
-        merge_threshold: float | None, deadline: float, *, tenant: str = DEFAULT_TENANT,
+        self, targets: list[bytes], references: Sequence[StoredReference], tau: float | None,
+        merge_threshold: float | None, deadline: float,
     ) -> list[SegmentationResult]:
-        references = await self._features(tenant, reference_ids)
-        requests = [SegmentRequest(target, reference_ids, tau, merge_threshold) for target in targets]
-        results = await self._ready()[2].submit(requests, references, deadline)
+        features = await self._features(references)
+        ids = [record.reference_id for record in references]
+        requests = [SegmentRequest(target, ids, tau, merge_threshold) for target in targets]
+        results = await self._ready()[2].submit(requests, features, deadline)
         return [unwrap(result, SegmentationResult) for result in results]
 
     async def match(
-        self, target: bytes, reference_id: str, points: list[tuple[float, float]], debiased: bool,
-        deadline: float, *, tenant: str = DEFAULT_TENANT,
+        self, target: bytes, reference: StoredReference, points: list[tuple[float, float]], debiased: bool,
+        deadline: float,
     ) -> MatchResult:
-        references = await self._features(tenant, [reference_id])
-        request = MatchRequest(target, reference_id, points, debiased)
-        [result] = await self._ready()[2].submit([request], references, deadline)
+        features = await self._features([reference])
+        request = MatchRequest(target, reference.reference_id, points, debiased)
+        [result] = await self._ready()[2].submit([request], features, deadline)
         return unwrap(result, MatchResult)
 
     async def queue_depth(self) -> int:

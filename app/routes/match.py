@@ -83,10 +83,9 @@ async def match(
             [info] = await inline.create([(await reference_image.read(), None)])
         else:
             assert reference_id is not None
-            info = await backend.get_reference(reference_id, tenant=caller.scope)
+            info = await backend.get_reference(reference_id, scope=caller.scope)
         _check_inside(keypoints, info.width, info.height)
-        result = await backend.match(await target.read(), info.reference_id, keypoints, debiased, deadline,
-                                     tenant=caller.scope)
+        result = await backend.match(await target.read(), info, keypoints, debiased, deadline)
     timings = {name: round(value, 3) for name, value in result.timings.items()}
     timings["total_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
     return MatchResponse(

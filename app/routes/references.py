@@ -45,7 +45,7 @@ async def create_reference(
     """201 with the new reference; 200 when the same image, mask and model made it already
     (the id is the content hash of the upload and your tenant)."""
     record, created = await backend.create_reference(
-        await image.read(), await mask.read(), name or None, ttl_s, deadline, tenant=caller.tenant,
+        await image.read(), await mask.read(), name or None, ttl_s, deadline, owner=caller.tenant,
     )
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/references/{record.reference_id}"
@@ -60,23 +60,23 @@ async def list_references(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> ReferenceList:
     """Your live references (an admin key: everyone's), newest first."""
-    return ReferenceList.of(await backend.list_references(offset, limit, tenant=caller.scope))
+    return ReferenceList.of(await backend.list_references(offset, limit, scope=caller.scope))
 
 
 @router.get(
-    "/{reference_id}", response_model=ReferenceInfo, responses=error_responses(401, 404, 422, 503),
+    "/{reference_id}", response_model=ReferenceInfo, responses=error_responses(401, 404, 410, 422, 503),
     summary="Get a reference",
 )
 async def get_reference(reference_id: ReferenceId, backend: BackendDep, caller: TenantDep) -> ReferenceInfo:
     """The reference's metadata (404 for another tenant's reference)."""
-    return ReferenceInfo.of(await backend.get_reference(reference_id, tenant=caller.scope))
+    return ReferenceInfo.of(await backend.get_reference(reference_id, scope=caller.scope))
 
 
 @router.delete(
-    "/{reference_id}", status_code=204, responses=error_responses(401, 404, 422, 503),
+    "/{reference_id}", status_code=204, responses=error_responses(401, 404, 410, 422, 503),
     summary="Delete a reference",
 )
 async def delete_reference(reference_id: ReferenceId, backend: BackendDep, caller: TenantDep) -> Response:
     """Forget the reference and its features (404 for another tenant's reference)."""
-    await backend.delete_reference(reference_id, tenant=caller.scope)
+    await backend.delete_reference(reference_id, scope=caller.scope)
     return Response(status_code=204)

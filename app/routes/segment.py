@@ -101,15 +101,16 @@ async def segment(
     ids = _split_ids(reference_ids)
     images, masks = reference_image or [], reference_mask or []
     _check_shape(settings, len(target), ids, len(images), len(masks))
-    for reference_id in dict.fromkeys(ids):
-        await backend.get_reference(reference_id, tenant=caller.scope)  # 404 before any encoding
+    resolved = {reference_id: await backend.get_reference(reference_id, scope=caller.scope)  # 404 before any encoding
+                for reference_id in dict.fromkeys(ids)}
     pairs: list[tuple[bytes, bytes | None]] = [
         (await image.read(), await mask.read()) for image, mask in zip(images, masks, strict=True)
     ]
     targets = [await upload.read() for upload in target]
     async with InlineReferences(backend, caller, settings.inline_reference_ttl_s, deadline) as inline:
-        ids += [record.reference_id for record in await inline.create(pairs)]
-        results = await backend.segment(targets, ids, tau, merge_threshold, deadline, tenant=caller.scope)
+        references = [resolved[reference_id] for reference_id in ids] + await inline.create(pairs)
+        ids = [record.reference_id for record in references]
+        results = await backend.segment(targets, references, tau, merge_threshold, deadline)
         rendered = await _render(slots, deadline, target, targets, results, format, instances, settings.max_pixels)
     if isinstance(rendered, Response):
         return rendered

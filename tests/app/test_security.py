@@ -148,9 +148,11 @@ def test_reference_dir_is_never_escaped_and_corrupt_entries_are_repaired(tiny_ch
     try:
         with httpx.Client(base_url=live.url, timeout=60) as http:
             assert http.get("/references").status_code == 200  # unauthenticated (keys off)
+            assert not (refs / f"{'a' * 32}.json").exists()  # the listing dropped the record naming another id
             assert http.get(f"/references/{'a' * 32}").status_code == 404
-            assert_error(segment(http, [TARGET], {"reference_ids": ref_id}), 404, "reference_not_found")
+            assert_error(segment(http, [TARGET], {"reference_ids": ref_id}), 410, "reference_corrupt")
             assert not (refs / f"{ref_id}.npz").exists()  # the corrupt entry was dropped
+            assert_error(segment(http, [TARGET], {"reference_ids": ref_id}), 404, "reference_not_found")
             again = create_reference(http, REFERENCE)
             assert again.status_code == 201 and again.json()["reference_id"] == ref_id
             assert segment(http, [TARGET], {"reference_ids": ref_id}).status_code == 200

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -63,7 +64,7 @@ class FakeBackend:
         return self.references[reference_id]
 
     async def create_reference(self, image: bytes, mask: bytes | None, name: str | None, ttl_s: float | None,
-                               deadline: float, *, tenant: str = DEFAULT_TENANT) -> tuple[StoredReference, bool]:
+                               deadline: float, *, owner: str = DEFAULT_TENANT) -> tuple[StoredReference, bool]:
         self._record("create_reference", image, mask, name, ttl_s, deadline)
         reference_id = hashlib.sha256(image + b"|" + (mask or b"")).hexdigest()[:32]
         if reference_id in self.references:
@@ -74,26 +75,26 @@ class FakeBackend:
         self.references[reference_id] = info
         return info, True
 
-    async def get_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> StoredReference:
+    async def get_reference(self, reference_id: str, *, scope: str = DEFAULT_TENANT) -> StoredReference:
         self._record("get_reference", reference_id)
         return self._info(reference_id)
 
-    async def delete_reference(self, reference_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
+    async def delete_reference(self, reference_id: str, *, scope: str = DEFAULT_TENANT,
+                               version: str | None = None) -> None:
         self._record("delete_reference", reference_id)
         self._info(reference_id)
         del self.references[reference_id]
 
-    async def list_references(self, offset: int, limit: int, *, tenant: str = DEFAULT_TENANT) -> ReferencePage:
+    async def list_references(self, offset: int, limit: int, *, scope: str = DEFAULT_TENANT) -> ReferencePage:
         self._record("list_references", offset, limit)
         items = list(reversed(self.references.values()))
         return ReferencePage(items=items[offset:offset + limit], total=len(items), offset=offset, limit=limit)
 
-    async def segment(self, targets: list[bytes], reference_ids: list[str], tau: float | None,
-                      merge_threshold: float | None, deadline: float, *,
-                      tenant: str = DEFAULT_TENANT) -> list[SegmentationResult]:
-        self._record("segment", targets, reference_ids, tau, merge_threshold, deadline)
-        for reference_id in reference_ids:
-            self._info(reference_id)
+    async def segment(self, targets: list[bytes], references: Sequence[StoredReference], tau: float | None,
+                      merge_threshold: float | None, deadline: float) -> list[SegmentationResult]:
+        self._record("segment", targets, [r.reference_id for r in references], tau, merge_threshold, deadline)
+        for reference in references:
+            self._info(reference.reference_id)
         if self.hold:
             try:
                 await asyncio.sleep(3600)
@@ -106,10 +107,10 @@ class FakeBackend:
             results.append(SegmentationResult(mask=centre_box(height, width), score=0.5, timings={"fake_ms": 1.0}))
         return results
 
-    async def match(self, target: bytes, reference_id: str, points: list[tuple[float, float]], debiased: bool,
-                    deadline: float, *, tenant: str = DEFAULT_TENANT) -> MatchResult:
-        self._record("match", target, reference_id, points, debiased, deadline)
-        self._info(reference_id)
+    async def match(self, target: bytes, reference: StoredReference, points: list[tuple[float, float]],
+                    debiased: bool, deadline: float) -> MatchResult:
+        self._record("match", target, reference.reference_id, points, debiased, deadline)
+        self._info(reference.reference_id)
         return MatchResult(points=np.asarray(points, dtype=float).reshape(-1, 2),
                            confidence=np.ones(len(points)), timings={"fake_ms": 1.0})
 

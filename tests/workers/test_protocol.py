@@ -214,13 +214,10 @@ def test_backlog_bound_refuses_whole_requests(run_with_queue: Callable[[Scenario
     run_with_queue(scenario)
 
 
-def test_enqueue_checks_references_and_live_workers(run_with_queue: Callable[[Scenario], None]) -> None:
+def test_enqueue_checks_live_workers(run_with_queue: Callable[[Scenario], None]) -> None:
     async def scenario(queue: Queue) -> None:
         inbox = queue.keys.inbox("api")
-        await queue.client.hset(queue.keys.reference("known"), "info", "{}")
-        refused = await queue.enqueue([_job(inbox)], 10, reference_ids=["known", "unknown"])
-        assert refused.missing_reference == "unknown" and refused.ids == []
-        assert len((await queue.enqueue([_job(inbox)], 10, reference_ids=["known"])).ids) == 1
+        assert len((await queue.enqueue([_job(inbox)], 10)).ids) == 1
         await queue.client.delete(queue.keys.alive)
         assert (await queue.enqueue([_job(inbox)], 10)).no_worker
 

@@ -48,8 +48,10 @@ def test_quota_is_a_clear_403_and_nothing_is_stored(api: str) -> None:
     assert httpx.get(f"{api}/references").status_code == 401
 
 
-def test_a_reference_job_carries_its_tenant() -> None:
-    request = ReferenceRequest(b"image", b"mask", "name", 60.0, tenant="alpha")
+def test_a_reference_job_carries_its_owner() -> None:
+    request = ReferenceRequest(b"image", b"mask", "name", 60.0, owner="alpha")
     assert decode_request("reference", encode_request(request)) == request
     legacy = pack({"name": None, "ttl_s": 0.0}, [b"image"])  # queued by an API without tenants
-    assert decode_request("reference", legacy).tenant == DEFAULT_TENANT
+    assert decode_request("reference", legacy).owner == DEFAULT_TENANT
+    before_owners = pack({"name": None, "ttl_s": 0.0, "tenant": "alpha"}, [b"image"])  # an API of the last version
+    assert decode_request("reference", before_owners).owner == "alpha"

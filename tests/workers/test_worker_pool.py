@@ -60,12 +60,11 @@ def test_concurrent_requests_share_batches_with_unbatched_results(launcher: Laun
         scene = small_scene(0)
         info, created = await backend.create_reference(scene.png, scene.mask_png, "ref", None, deadline())
         assert created
-        ids = [info.reference_id]
-        alone = [(await backend.segment([t], ids, None, None, deadline()))[0] for t in targets]
+        alone = [(await backend.segment([t], [info], None, None, deadline()))[0] for t in targets]
         scrapes.append(scrape(steady))
-        concurrent = await asyncio.gather(*(backend.segment([t], ids, None, None, deadline()) for t in targets))
+        concurrent = await asyncio.gather(*(backend.segment([t], [info], None, None, deadline()) for t in targets))
         scrapes.append(scrape(steady))
-        together = await backend.segment(targets, ids, None, None, deadline())
+        together = await backend.segment(targets, [info], None, None, deadline())
         scrapes.append(scrape(steady))
         return [alone, [result for [result] in concurrent], together]
 
@@ -132,8 +131,7 @@ def test_kill_9_mid_batch_still_answers_every_job_exactly_once(launcher: Launche
         inbox = queue.keys.inbox("kill-test")
         jobs = [Job.new(SegmentRequest(small_scene(200 + i).png, [info.reference_id]), time.time() + 120, inbox)
                 for i in range(40)]
-        assert len((await queue.enqueue(jobs, max_backlog=1000, reference_ids=[info.reference_id],
-                                        alive_ttl_ms=600_000)).ids) == 40
+        assert len((await queue.enqueue(jobs, max_backlog=1000, alive_ttl_ms=600_000)).ids) == 40
 
         async def victim_pending() -> int:
             rows = await client.xpending_range(queue.keys.stream, GROUP, "-", "+", 100, consumername="victim")
