@@ -9,6 +9,8 @@ schemathesis, request bodies cut off by the server.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +18,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.auth import UNGUARDED
+from app.inline_references import InlineReferences
 from app.main import create_app
 from app.settings import Settings
 from tests.support.fake_backend import FakeBackend
+from tests.support.images import Scene
 from tests.support.net import eventually, free_port, port_open
 from tests.support.processes import Process, wait_ready
 
@@ -127,3 +132,23 @@ def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         yield server
     finally:
         server.process.stop()
+
+
+def failed_request_cleanup(http: TestClient, scene: Scene, stored_meanwhile: bool) -> int:
+    """A request brings ``scene`` as an inline reference and fails; with ``stored_meanwhile``,
+    another caller stores the same reference after it was created and before the failure (the
+    real backend of ``http``, in its event loop). Returns the status of GET on the reference after."""
+
+    async def scenario() -> str:
+        backend = http.app.state.backend
+        with contextlib.suppress(RuntimeError):
+            async with InlineReferences(backend, UNGUARDED, 300.0, time.time() + 60) as inline:
+                [mine] = await inline.create([(scene.png, scene.mask_png)])
+                if stored_meanwhile:
+                    _, created = await backend.create_reference(scene.png, scene.mask_png, None, None,
+                                                                time.time() + 60, owner=UNGUARDED.tenant)
+                    assert not created  # the other caller is answered 200: it existed
+                raise RuntimeError("the request fails")
+        return mine.reference_id
+
+    return http.get(f"/references/{http.portal.call(scenario)}").status_code

@@ -4,6 +4,8 @@ sends jobs through the session's real redis-server to a real ``insid3 worker`` p
 from __future__ import annotations
 
 import json
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -12,9 +14,9 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from tests.app.conftest import in_process, tiny_args
-from tests.support.api import assert_error, create_reference, decode_rle, segment
-from tests.support.images import REFERENCE, REFERENCE_2, TARGET, decode, encode, iou, undecodable_dds
+from tests.app.conftest import failed_request_cleanup, in_process, tiny_args
+from tests.support.api import assert_error, create_reference, decode_rle, reference_id, segment
+from tests.support.images import REFERENCE, REFERENCE_2, TARGET, decode, encode, iou, small_scene, undecodable_dds
 from tests.support.processes import Process
 
 DATABASE = "/14"  # a database of the session's redis-server that no other test area uses
@@ -86,3 +88,59 @@ def test_metrics_include_the_redis_gauges(redis_client):
     text = redis_client.get("/metrics").text
     assert "insid3_queue_depth" in text and "insid3_dead_letters" in text
     assert 'insid3_http_requests_total{method="POST",route="/segment"' in text
+
+
+def test_a_failed_request_deletes_only_the_inline_reference_it_created(redis_client):
+    assert failed_request_cleanup(redis_client, small_scene(31), stored_meanwhile=False) == 404
+    assert failed_request_cleanup(redis_client, small_scene(32), stored_meanwhile=True) == 200
+
+
+def test_a_corrupt_record_is_a_410_then_gone_and_never_breaks_the_listing(redis_client, redis_url):
+    store = redis.Redis.from_url(urlunsplit(urlsplit(redis_url)._replace(path=DATABASE)))
+    ids = [reference_id(redis_client, small_scene(seed)) for seed in (41, 42, 43)]
+    for corrupt in ids[:2]:
+        store.hset(f"insid3:ref:{corrupt}", "info", b"{not json")
+    assert_error(redis_client.get(f"/references/{ids[0]}"), 410, "reference_corrupt")
+    assert_error(redis_client.get(f"/references/{ids[0]}"), 404, "reference_not_found")
+    listed = redis_client.get("/references", params={"limit": 1000})
+    assert listed.status_code == 200
+    assert ids[2] in {item["reference_id"] for item in listed.json()["items"]}
+    assert not {item["reference_id"] for item in listed.json()["items"]} & set(ids[:2])
+    assert not store.exists(f"insid3:ref:{ids[1]}")  # the listing dropped it
+    again = reference_id(redis_client, small_scene(41))  # storing it again repairs it
+    store.hset(f"insid3:ref:{again}", "info", b"[]")
+    assert_error(segment(redis_client, [TARGET], {"reference_ids": again}), 410, "reference_corrupt")
+    assert_error(segment(redis_client, [TARGET], {"reference_ids": again}), 404, "reference_not_found")
+
+
+def test_a_segment_request_reads_its_reference_once_per_connection(redis_client, redis_url):
+    """MONITOR on the live stack: no connection (API or worker) touches the reference's key twice
+    for one POST /segment; commands inside Lua scripts aside."""
+    ref_id = reference_id(redis_client, small_scene(51))
+    url = urlunsplit(urlsplit(redis_url)._replace(path=DATABASE))
+    key = f"insid3:ref:{ref_id}"
+    done = f"monitor-done-{ref_id}"
+    seen: list[dict] = []
+    started = threading.Event()
+
+    def watch() -> None:
+        with redis.Redis.from_url(url).monitor() as monitor:
+            started.set()
+            for command in monitor.listen():
+                if done in command["command"]:
+                    return
+                seen.append(command)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert started.wait(10)
+    redis.Redis.from_url(url).ping()  # MONITOR is on once a later command shows up
+    assert segment(redis_client, [TARGET], {"reference_ids": ref_id}).status_code == 200
+    redis.Redis.from_url(url).echo(done)
+    watcher.join(10)
+    assert not watcher.is_alive()
+    on_key = Counter(f"{c['client_address']}:{c['client_port']}" for c in seen
+                     if key in c["command"] and c["client_type"] != "lua"
+                     and not c["command"].upper().startswith(("EVAL", "EVALSHA")))
+    assert on_key, "the request never read its reference"
+    assert max(on_key.values()) == 1, on_key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.app.conftest import failed_request_cleanup
 from tests.support.api import assert_error, create_reference
 from tests.support.images import REFERENCE, REFERENCE_2, disc_scene
 from tests.support.net import eventually
@@ -68,3 +69,8 @@ def test_reference_expires_after_its_ttl(client):
 def test_ttl_zero_never_expires(client):
     response = create_reference(client, disc_scene(103, 70, 70, [(30, 30, 12)]), ttl_s="0")
     assert response.status_code == 201 and response.json()["expires_at"] is None
+
+
+def test_a_failed_request_deletes_only_the_inline_reference_it_created(client):
+    assert failed_request_cleanup(client, disc_scene(101, 90, 120, [(45, 60, 20)]), stored_meanwhile=False) == 404
+    assert failed_request_cleanup(client, disc_scene(102, 90, 120, [(45, 60, 20)]), stored_meanwhile=True) == 200

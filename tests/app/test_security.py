@@ -144,10 +144,16 @@ def test_reference_dir_is_never_escaped_and_corrupt_entries_are_repaired(tiny_ch
     _plant(refs, "traversal", "../victim")
     _plant(refs, "absolute", str(tmp_path / "abs"))
     _plant(refs, "a" * 32, "../victim")
+    (refs / f"{'b' * 32}.json").write_text("{not json")  # a corrupt record
+    (refs / f"{'c' * 32}.json").write_text("{not json")
     live = _embedded(tiny_checkpoint, tmp_path)
     try:
         with httpx.Client(base_url=live.url, timeout=60) as http:
+            assert_error(http.get(f"/references/{'b' * 32}"), 410, "reference_corrupt")
+            assert not (refs / f"{'b' * 32}.json").exists()
+            assert_error(http.get(f"/references/{'b' * 32}"), 404, "reference_not_found")
             assert http.get("/references").status_code == 200  # unauthenticated (keys off)
+            assert not (refs / f"{'c' * 32}.json").exists()  # the listing dropped the corrupt record
             assert not (refs / f"{'a' * 32}.json").exists()  # the listing dropped the record naming another id
             assert http.get(f"/references/{'a' * 32}").status_code == 404
             assert_error(segment(http, [TARGET], {"reference_ids": ref_id}), 410, "reference_corrupt")
