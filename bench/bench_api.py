@@ -85,7 +85,7 @@ def main() -> None:
 
         settings = Settings(model_size=args.model_size, weights=str(weights), image_size=args.image_size,
                             device=args.device, basis_cache_dir=workdir / "basis", port=free_port())
-        engine = Insid3.build(**settings.engine_kwargs())
+        engine = Insid3.build(settings)
         features = engine.encode_reference(reference, mask)
         with _ServerThread(settings) as url, httpx.Client(base_url=url, timeout=300) as client:
             created = client.post("/references", files={"image": reference, "mask": mask})

@@ -23,7 +23,7 @@ def build_engine(args: argparse.Namespace) -> Insid3:
     from core.engine import Insid3
     from core.settings import EngineSettings
 
-    return Insid3.build(**EngineSettings.from_args(args).engine_kwargs())
+    return Insid3.build(EngineSettings.from_args(args))
 
 
 def _segment(args: argparse.Namespace) -> int:

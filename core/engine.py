@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,38 +25,16 @@ from core import clustering, metrics, runtimes
 from core.backbone import Backbone, extract_features, load_backbone
 from core.cache import ReferenceCache, content_bytes, reference_key
 from core.debias import debias, load_or_build_basis, normalize_channels
-from core.defaults import (
-    DEFAULT_BASIS_CACHE,
-    DEFAULT_CACHE_BYTES,
-    DEFAULT_IMAGE_SIZE,
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MERGE_THRESHOLD,
-    DEFAULT_MODEL_SIZE,
-    DEFAULT_TAU,
-)
 from core.errors import ConfigurationError, IncompatibleReferenceError, InvalidInputError
 from core.images import ImageInput, check_mask, load_image, load_mask, mask_to_tensor, pixels_to_tensor, resize_square
 from core.pipeline import downsample_mask, match_keypoints, segment_grid, upsample_mask
 from core.requests import DEFAULT_TENANT, MatchRequest, ReferenceRequest, Request, SegmentRequest, reference_ids
 from core.serving import ReferenceNotFound
-from core.specs import PATCH_SIZE, get_spec, resolve_svd_components
+from core.settings import EngineOptions
+from core.specs import get_spec, resolve_svd_components
 from core.types import EncodedImage, MatchResult, ModelInput, ReferenceFeatures, SegmentationResult
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """Algorithm and runtime options of an engine."""
-
-    image_size: int = DEFAULT_IMAGE_SIZE
-    svd_components: int = 500
-    tau: float = DEFAULT_TAU
-    merge_threshold: float = DEFAULT_MERGE_THRESHOLD
-    resize_to_original: bool = True
-    crf: bool = False
-    encoder_batch_size: int = 1  # images per backbone call (1 on CPU, where batching measured slower)
-    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 def resolve_device(device: str) -> torch.device:
@@ -125,53 +104,32 @@ class Insid3:
         metrics.track_cache(cache)
 
     @classmethod
-    def build(
-        cls,
-        model_size: str = DEFAULT_MODEL_SIZE,
-        weights: str | Path | None = None,
-        image_size: int = DEFAULT_IMAGE_SIZE,
-        svd_components: int | None = None,
-        tau: float = DEFAULT_TAU,
-        merge_threshold: float = DEFAULT_MERGE_THRESHOLD,
-        device: str = "auto",
-        precision: str = "auto",
-        weights_tag: str = "lvd1689m",
-        pretrain_dir: str | Path = "pretrain",
-        basis_cache_dir: str | Path | None = DEFAULT_BASIS_CACHE,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
-        resize_to_original: bool = True,
-        crf: bool = False,
-        encoder_batch_size: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        runtime: str = "auto",
-    ) -> Insid3:
-        """Load the backbone, its encoder runtime and positional basis; every invalid setting is a clear error.
-
-        ``runtime``: torch, onnxruntime, openvino, or auto (see ``core.runtimes``).
-        """
-        spec = get_spec(model_size)
-        components = resolve_svd_components(spec, svd_components)
-        if image_size < PATCH_SIZE or image_size % PATCH_SIZE:
-            raise ConfigurationError(f"image_size must be a positive multiple of {PATCH_SIZE}, got {image_size}")
-        if crf:
+    def build(cls, options: EngineOptions | None = None, /, **fields: Any) -> Insid3:
+        """Load the backbone, its encoder runtime and positional basis from ``options`` (a
+        ``core.settings.EngineOptions``, or settings extending it; default: every default) with
+        ``fields`` named like its fields on top: ``Insid3.build(model_size="small", runtime="torch")``.
+        Every invalid setting is a clear ``ConfigurationError``."""
+        chosen = EngineOptions.of(options, **fields)
+        spec = get_spec(chosen.model_size)
+        components = resolve_svd_components(spec, chosen.svd_components)
+        if chosen.crf:
             from core.crf import require_crf
 
             require_crf()
-        resolved_device = resolve_device(device)
-        dtype = resolve_precision(precision, resolved_device)
-        cache_dir = Path(basis_cache_dir) if basis_cache_dir else None
-        backbone = load_backbone(spec, None if weights is None else str(weights), weights_tag, Path(pretrain_dir),
-                                 cache_dir / "hashes" if cache_dir else None, resolved_device)
-        options = EngineOptions(
-            image_size=image_size, svd_components=components, tau=tau, merge_threshold=merge_threshold,
-            resize_to_original=resize_to_original, crf=crf, max_pixels=max_pixels,
-            encoder_batch_size=encoder_batch_size or (8 if resolved_device.type == "cuda" else 1),
-        )
-        engine = cls(backbone, torch.zeros(spec.embed_dim, 0), options, resolved_device, dtype,
-                     ReferenceCache(cache_bytes))
-        if resolved_device.type == "cpu":
+        device = resolve_device(chosen.device)
+        dtype = resolve_precision(chosen.precision, device)
+        cache_dir = Path(chosen.basis_cache_dir) if chosen.basis_cache_dir else None
+        backbone = load_backbone(spec, chosen.weights, chosen.weights_tag, Path(chosen.pretrain_dir),
+                                 cache_dir / "hashes" if cache_dir else None, device)
+        resolved = chosen.model_copy(update={  # what "unset" means for this backbone and device
+            "svd_components": components,
+            "encoder_batch_size": chosen.encoder_batch_size or (8 if device.type == "cuda" else 1),
+        })
+        engine = cls(backbone, torch.zeros(spec.embed_dim, 0), resolved, device, dtype,
+                     ReferenceCache(chosen.cache_bytes))
+        if device.type == "cpu":
             clustering.warm_up()  # after the weights: a missing file is reported at once
-        engine._prepare_encoder(runtime, cache_dir)
+        engine._prepare_encoder(chosen.runtime, cache_dir)
         return engine
 
     def _prepare_encoder(self, runtime: str, cache_dir: Path | None) -> None:

@@ -95,8 +95,7 @@ def _build_engine(args: argparse.Namespace) -> Insid3:
     from core.engine import Insid3
 
     settings = EngineSettings.from_args(args)
-    return Insid3.build(**{**settings.engine_kwargs(), "crf": settings.crf and args.dataset != KEYPOINT},
-                        resize_to_original=False)
+    return Insid3.build(settings, crf=settings.crf and args.dataset != KEYPOINT, resize_to_original=False)
 
 
 def run_eval_command(args: argparse.Namespace) -> int:

@@ -56,7 +56,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
     settings = WorkerSettings.from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
-    engine = Insid3.build(**settings.engine_kwargs())
+    engine = Insid3.build(settings)
     gc.collect()
     gc.freeze()  # the model's many long-lived objects out of the collector's way: no 100 ms+ gen-2 pauses
     client = connect(settings.redis_url)

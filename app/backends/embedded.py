@@ -49,7 +49,7 @@ class EmbeddedBackend:
 
     async def _build(self) -> None:
         try:
-            engine = await asyncio.to_thread(Insid3.build, **self._settings.engine_kwargs())
+            engine = await asyncio.to_thread(Insid3.build, self._settings)
             storage = await asyncio.to_thread(EmbeddedReferenceStorage, engine.cache, self._settings.reference_dir)
         except Insid3Error as exc:
             self._problem = f"the model could not be loaded: {exc.detail}"

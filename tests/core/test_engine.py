@@ -137,3 +137,28 @@ def test_crf_refinement_runs_and_a_missing_extra_is_a_clear_error(tiny_checkpoin
     with pytest.raises(MissingExtraError, match=r"insid3-serve\[crf\]"):
         Insid3.build(model_size="tiny", weights=tiny_checkpoint, image_size=128, device="cpu",
                      basis_cache_dir=tmp_path, crf=True)
+
+
+def test_engine_options_are_declared_once(engine: Insid3, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """One options object: ``Insid3.build`` takes it and keyword fields on top, the settings extend it,
+    every command's flags come from it; invalid or unknown fields are one clear error."""
+    import argparse
+
+    from core.errors import ConfigurationError
+    from core.settings import EngineOptions, EngineSettings
+
+    options = EngineOptions(model_size="tiny", weights=tiny_checkpoint, image_size=64, device="cpu",
+                            basis_cache_dir=tmp_path)
+    built = Insid3.build(options, image_size=96, encoder_batch_size=2)
+    assert (built.image_size, built.options.encoder_batch_size) == (96, 2)
+    assert built.options.svd_components == 24  # unset: the tiny backbone's own
+    assert engine.options.encoder_batch_size == 1  # unset: one image per call on the CPU
+    with pytest.raises(ConfigurationError, match="multiple of 16"):
+        Insid3.build(options, image_size=100)
+    with pytest.raises(ConfigurationError, match="no_such_option"):
+        Insid3.build(options, no_such_option=1)
+    assert isinstance(EngineSettings(), EngineOptions)
+    parser = argparse.ArgumentParser()
+    EngineSettings.add_arguments(parser)
+    flags = {action.dest for action in parser._actions} - {"help"}
+    assert flags == set(EngineOptions.model_fields) - {"resize_to_original"}
