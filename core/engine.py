@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +34,8 @@ from core.settings import EngineOptions
 from core.specs import get_spec, resolve_svd_components
 from core.types import EncodedImage, MatchResult, ModelInput, ReferenceFeatures, SegmentationResult
 
+T = TypeVar("T")
+R = TypeVar("R")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -220,21 +222,12 @@ class Insid3:
         return self.encode_references([(image, mask)])[0]
 
     def encode_references(self, pairs: Sequence[tuple[ImageInput, ImageInput | None]]) -> list[ReferenceFeatures]:
-        """Reference features of several (image, mask) pairs; uncached ones share encoder passes."""
+        """Reference features of several (image, mask) pairs, through ``run_batch`` (uncached ones
+        share encoder passes); the first failure is raised."""
         keys = [self.reference_key(image, mask) for image, mask in pairs]
-        found: dict[str, ReferenceFeatures] = {}
-        missing: dict[str, tuple[ImageInput, ImageInput | None]] = {}
-        for key, pair in zip(keys, pairs, strict=True):
-            cached = found.get(key) or (None if key in missing else self.cache.get(key))
-            if cached is not None:
-                found[key] = cached
-            else:
-                missing[key] = pair
-        if missing:
-            prepared = [self.prepare_reference(image, mask) for image, mask in missing.values()]
-            encoded = self.encode_inputs([p.input for p in prepared])
-            for key, item, features in zip(missing, prepared, encoded, strict=True):
-                found[key] = self.finish_reference(key, item, features)
+        unique = dict(zip(keys, pairs, strict=True))  # identical pairs are encoded once
+        requests = [ReferenceRequest(image, mask, key=key) for key, (image, mask) in unique.items()]
+        found = dict(zip(unique, self._results(requests, {}, ReferenceFeatures), strict=True))
         return [found[key] for key in keys]
 
     def prepare_reference(self, image: ImageInput, mask: ImageInput | None) -> PreparedReference:
@@ -290,17 +283,11 @@ class Insid3:
 
     def segment_batch(self, targets: Sequence[ImageInput], references: Sequence[ReferenceFeatures],
                       tau: float | None = None, merge_threshold: float | None = None) -> list[SegmentationResult]:
-        """Segment several targets with the same references; the targets share encoder passes."""
-        references = [self.check_reference(r) for r in self._require_references(references)]
-        start = time.perf_counter()
-        encoded = self.encode_images(targets)
-        encode_ms = (time.perf_counter() - start) * 1000.0 / max(len(encoded), 1)
-        results = []
-        for item in encoded:
-            result = self._segment(item, references, tau, merge_threshold)
-            result.timings["encode_ms"] = encode_ms
-            results.append(result)
-        return results
+        """Segment several targets with the same references, through ``run_batch`` (the targets
+        share encoder passes); the first failure is raised."""
+        ids = [reference.key for reference in self._require_references(references)]
+        requests = [SegmentRequest(target, ids, tau, merge_threshold) for target in targets]
+        return self._results(requests, {reference.key: reference for reference in references}, SegmentationResult)
 
     def segment_encoded(self, target: EncodedImage, references: Sequence[ReferenceFeatures],
                         tau: float | None = None, merge_threshold: float | None = None) -> SegmentationResult:
@@ -336,7 +323,7 @@ class Insid3:
         return SegmentationResult(mask.cpu().numpy(), score, timings)
 
     @staticmethod
-    def _require_references(references: Sequence[ReferenceFeatures]) -> Sequence[ReferenceFeatures]:
+    def _require_references(references: Sequence[R]) -> Sequence[R]:
         if not references:
             raise InvalidInputError("at least one reference is needed")
         return references
@@ -348,7 +335,8 @@ class Insid3:
         """Target points matching ``keypoints`` ((x, y) in reference pixels)."""
         if not isinstance(reference, ReferenceFeatures):
             reference = self.encode_reference(reference)
-        return self.match_encoded(self.encode_images([target])[0], reference, keypoints, debiased)
+        request = MatchRequest(target, reference.key, keypoints, debiased)
+        return self._results([request], {reference.key: reference}, MatchResult)[0]
 
     def match_encoded(self, target: EncodedImage, reference: ReferenceFeatures,
                       keypoints: Sequence[Sequence[float]] | np.ndarray, debiased: bool = True) -> MatchResult:
@@ -391,15 +379,26 @@ class Insid3:
                 outcomes[index] = prepared  # an identical reference is cached
             else:
                 pending.append((index, prepared))
+        start = time.perf_counter()
         encoded = self._encode_each([prepared.input for _, prepared in pending])
+        encode_ms = (time.perf_counter() - start) * 1000.0 / max(len(pending), 1)  # each image's share
         for (index, prepared), features in zip(pending, encoded, strict=True):
             try:
                 if isinstance(features, Exception):
                     raise features
-                outcomes[index] = self._finish(requests[index], prepared, features)
+                outcomes[index] = self._finish(requests[index], prepared, features, encode_ms)
             except Exception as error:
                 outcomes[index] = error
         return [outcomes[index] for index in range(len(requests))]
+
+    def _results(self, requests: Sequence[Request], references: Mapping[str, ReferenceFeatures],
+                 expected: type[T]) -> list[T]:
+        """``run_batch`` for a library caller: the outcomes, or the first failure raised."""
+        outcomes = self.run_batch(requests, references)
+        failure = next((outcome for outcome in outcomes if isinstance(outcome, Exception)), None)
+        if failure is not None:
+            raise failure
+        return [outcome for outcome in outcomes if isinstance(outcome, expected)]
 
     def _prepare(self, request: Request, references: Mapping[str, ReferenceFeatures],
                  checked: dict[str, ReferenceFeatures | Exception]) -> _Prepared | ReferenceFeatures:
@@ -410,6 +409,8 @@ class Insid3:
             if cached is not None:
                 return cached
             return _PreparedReference(key, self.prepare_reference(request.image, request.mask))
+        if isinstance(request, SegmentRequest):
+            self._require_references(request.reference_ids)
         for reference_id in reference_ids(request):
             if reference_id not in checked:
                 try:
@@ -438,11 +439,15 @@ class Insid3:
                 outcomes.append(error)
         return outcomes
 
-    def _finish(self, request: Request, prepared: _Prepared, encoded: EncodedImage) -> Outcome:
+    def _finish(self, request: Request, prepared: _Prepared, encoded: EncodedImage, encode_ms: float) -> Outcome:
         """The per-request pipeline after the encoder pass."""
         if isinstance(prepared, _PreparedReference):
             return self.finish_reference(prepared.key, prepared.reference, encoded)
         if isinstance(request, SegmentRequest):
-            return self._segment(encoded, prepared.references, request.tau, request.merge_threshold)
-        assert isinstance(request, MatchRequest)
-        return self._match(encoded, prepared.references[0], request.points, request.debiased)
+            result: SegmentationResult | MatchResult = self._segment(
+                encoded, prepared.references, request.tau, request.merge_threshold)
+        else:
+            assert isinstance(request, MatchRequest)
+            result = self._match(encoded, prepared.references[0], request.points, request.debiased)
+        result.timings["encode_ms"] = encode_ms
+        return result
