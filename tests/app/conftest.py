@@ -22,8 +22,9 @@ from app.auth import UNGUARDED
 from app.inline_references import InlineReferences
 from app.main import create_app
 from app.settings import Settings
+from tests.support.api import reference_id
 from tests.support.fake_backend import FakeBackend
-from tests.support.images import Scene
+from tests.support.images import REFERENCE, Scene
 from tests.support.net import eventually, free_port, port_open
 from tests.support.processes import Process, wait_ready
 
@@ -70,6 +71,12 @@ def client(tiny_settings, reference_dir: Path) -> Iterator[TestClient]:
     disk, 4 MP pixel limit. One engine for the whole session."""
     with in_process(tiny_settings(reference_dir=reference_dir, max_pixels=MAX_PIXELS)) as http:
         yield http
+
+
+@pytest.fixture(scope="module")
+def ref_id(client: TestClient) -> str:
+    """The id of ``REFERENCE`` stored in the main app (created if needed)."""
+    return reference_id(client, REFERENCE)
 
 
 @pytest.fixture

@@ -10,13 +10,8 @@ import zlib
 import numpy as np
 import pytest
 
-from tests.support.api import assert_error, create_reference, match, reference_id, segment
+from tests.support.api import assert_error, create_reference, match, segment
 from tests.support.images import REFERENCE, TARGET, Scene, encode
-
-
-@pytest.fixture(scope="module")
-def ref_id(client) -> str:
-    return reference_id(client, REFERENCE)
 
 
 def post_reference(client, image: bytes, mask: bytes):

@@ -56,33 +56,33 @@ def engine(tiny_checkpoint, tmp_path_factory) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="module")
-def ref_id(engine) -> str:
+def served_ref_id(engine) -> str:
     with httpx.Client(base_url=engine.url, timeout=120) as http:
         return reference_id(http, REFERENCE)
 
 
-async def post_segment(http: httpx.AsyncClient, targets: list[bytes], ref_id: str) -> httpx.Response:
+async def post_segment(http: httpx.AsyncClient, targets: list[bytes], served_ref_id: str) -> httpx.Response:
     files = [("target", (f"t{i}", data, "application/octet-stream")) for i, data in enumerate(targets)]
-    return await http.post("/segment", files=files, data={"reference_ids": ref_id})
+    return await http.post("/segment", files=files, data={"reference_ids": served_ref_id})
 
 
-async def hold_engine(engine: Engine, http: httpx.AsyncClient, ref_id: str) -> asyncio.Task[httpx.Response]:
+async def hold_engine(engine: Engine, http: httpx.AsyncClient, served_ref_id: str) -> asyncio.Task[httpx.Response]:
     """A one-target request whose batch is held in the engine thread until ``engine.gate.open()``."""
     engine.gate.close()
-    running = asyncio.create_task(post_segment(http, [TARGET.png], ref_id))
+    running = asyncio.create_task(post_segment(http, [TARGET.png], served_ref_id))
     await asyncio.to_thread(engine.gate.entered.wait, 120)
     return running
 
 
 @pytest.fixture(scope="module")
-def poison_round(engine, ref_id) -> tuple[list[httpx.Response], list[int]]:
+def poison_round(engine, served_ref_id) -> tuple[list[httpx.Response], list[int]]:
     """8 well-formed requests and 1 with a poison image, queued together behind a held batch,
     then run as one batch: their responses (poison last) and the batch sizes run meanwhile."""
     async def scenario() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=engine.url, timeout=120) as http:
-            running = await hold_engine(engine, http, ref_id)
-            requests = [asyncio.create_task(post_segment(http, [TARGET.png], ref_id)) for _ in range(8)]
-            requests.append(asyncio.create_task(post_segment(http, [undecodable_dds()], ref_id)))
+            running = await hold_engine(engine, http, served_ref_id)
+            requests = [asyncio.create_task(post_segment(http, [TARGET.png], served_ref_id)) for _ in range(8)]
+            requests.append(asyncio.create_task(post_segment(http, [undecodable_dds()], served_ref_id)))
             await asyncio.to_thread(eventually, lambda: engine.depth() == MAX_BATCH)
             first = len(engine.gate.batches)
             engine.gate.open()
@@ -106,11 +106,11 @@ def test_a_poison_image_is_415(poison_round):
     assert_error(responses[8], 415, "invalid_image")
 
 
-def test_queued_jobs_of_disconnected_clients_are_dropped_unrun(engine, ref_id):
+def test_queued_jobs_of_disconnected_clients_are_dropped_unrun(engine, served_ref_id):
     async def scenario() -> tuple[httpx.Response, httpx.Response, float, float, list[int]]:
         async with httpx.AsyncClient(base_url=engine.url, timeout=120) as http:
-            running = await hold_engine(engine, http, ref_id)
-            abandoned = [asyncio.create_task(post_segment(http, [TARGET.png] * 8, ref_id)) for _ in range(8)]
+            running = await hold_engine(engine, http, served_ref_id)
+            abandoned = [asyncio.create_task(post_segment(http, [TARGET.png] * 8, served_ref_id)) for _ in range(8)]
             await asyncio.to_thread(eventually, lambda: engine.depth() == MAX_QUEUE)
             passes = await asyncio.to_thread(metric, engine.url, ENCODER_PASSES)
             gone = await asyncio.to_thread(metric, engine.url, "insid3_http_requests_total", {"status": "499"})
@@ -121,7 +121,7 @@ def test_queued_jobs_of_disconnected_clients_are_dropped_unrun(engine, ref_id):
             first = len(engine.gate.batches)
             engine.gate.open()
             held = await running
-            after = await post_segment(http, [TARGET.png], ref_id)  # queued behind anything left
+            after = await post_segment(http, [TARGET.png], served_ref_id)  # queued behind anything left
             passes = await asyncio.to_thread(metric, engine.url, ENCODER_PASSES) - passes
             gone = await asyncio.to_thread(metric, engine.url, "insid3_http_requests_total", {"status": "499"}) - gone
             return held, after, passes, gone, engine.gate.batches[first:]
@@ -175,12 +175,12 @@ def test_a_failed_request_leaves_none_of_its_inline_references(engine):
     assert engine.stored() == stored
 
 
-def test_a_full_queue_leaves_none_of_the_inline_references(engine, ref_id):
+def test_a_full_queue_leaves_none_of_the_inline_references(engine, served_ref_id):
     async def scenario() -> httpx.Response:
         async with httpx.AsyncClient(base_url=engine.url, timeout=120) as http:
-            running = await hold_engine(engine, http, ref_id)
-            fillers = [asyncio.create_task(post_segment(http, [TARGET.png] * 16, ref_id)) for _ in range(3)]
-            fillers.append(asyncio.create_task(post_segment(http, [TARGET.png] * 15, ref_id)))
+            running = await hold_engine(engine, http, served_ref_id)
+            fillers = [asyncio.create_task(post_segment(http, [TARGET.png] * 16, served_ref_id)) for _ in range(3)]
+            fillers.append(asyncio.create_task(post_segment(http, [TARGET.png] * 15, served_ref_id)))
             await asyncio.to_thread(eventually, lambda: engine.depth() == MAX_QUEUE - 1)
             files = [("target", ("t.png", TARGET.png, "image/png")), *pair_files(distinct_pairs(2))]
             inline = asyncio.create_task(http.post("/segment", files=files))

@@ -7,17 +7,12 @@ import json
 
 import pytest
 
-from tests.support.api import assert_error, match, reference_id
+from tests.support.api import assert_error, match
 from tests.support.images import REFERENCE, TARGET
 
 CENTRE = [90, 70]  # the reference disc's centre (x, y)
 TARGET_DISC = (100, 60, 30)  # the target disc (cx, cy, r)
 INLINE_REFERENCE = {"reference_image": ("r.png", REFERENCE.png, "image/png")}
-
-
-@pytest.fixture(scope="module")
-def ref_id(client) -> str:
-    return reference_id(client, REFERENCE)
 
 
 def inside_target_disc(point: dict) -> bool:

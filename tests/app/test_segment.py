@@ -5,16 +5,10 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-import pytest
 from pycocotools import mask as coco_mask
 
 from tests.support.api import decode_rle, reference_id, segment
 from tests.support.images import BLUE, REFERENCE, REFERENCE_2, TARGET, TARGET_2, TWO_DISCS, Scene, decode, iou
-
-
-@pytest.fixture(scope="module")
-def ref_id(client) -> str:
-    return reference_id(client, REFERENCE)
 
 
 def test_rle_finds_the_disc(client, ref_id):
