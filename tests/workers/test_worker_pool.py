@@ -182,3 +182,23 @@ def test_expired_jobs_are_skipped_unanswered(launcher: Launcher, steady: int) ->
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_reference_gone_after_the_api_resolved_it_is_the_workers_404(launcher: Launcher, steady: int) -> None:
+    """The enqueue script no longer looks at references: a job naming one deleted meanwhile is
+    answered reference_not_found by the worker, once."""
+
+    async def scenario() -> RemoteError:
+        client = connect(launcher.redis_url)
+        queue = await served_queue(client)
+        inbox = queue.keys.inbox("gone-test")
+        job = Job.new(SegmentRequest(small_scene(3).png, ["0" * 32]), deadline(), inbox)
+        assert (await queue.enqueue([job], 100, alive_ttl_ms=60_000)).ids
+        [message] = await queue.pop_replies(inbox, timeout_s=30)
+        await client.aclose()
+        job_id, reply = decode_reply(message)
+        assert job_id == job.job_id and isinstance(reply, RemoteError)
+        return reply
+
+    reply = asyncio.run(scenario())
+    assert reply.code == "reference_not_found" and reply.extra == {"reference_id": "0" * 32}
