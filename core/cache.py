@@ -33,13 +33,13 @@ def content_bytes(source: ImageInput | None) -> bytes:
 
 
 def reference_key(image: bytes, mask: bytes | None, model_id: str, image_size: int,
-                  tenant: str = DEFAULT_TENANT) -> str:
-    """Content hash of a reference: the same inputs under the same model for the same tenant give
-    the same key; two tenants get two keys (the default tenant's keys are those of a service
-    without tenants)."""
+                  owner: str = DEFAULT_TENANT) -> str:
+    """Content hash of a reference: the same inputs under the same model for the same owner (the
+    tenant storing it) give the same key; two owners get two keys (the default tenant's keys are
+    those of a service without tenants)."""
     digest = hashlib.sha256()
-    owner = [] if tenant == DEFAULT_TENANT else [tenant.encode()]
-    for part in (image, mask or b"", model_id.encode(), str(image_size).encode(), *owner):
+    owned = [] if owner == DEFAULT_TENANT else [owner.encode()]
+    for part in (image, mask or b"", model_id.encode(), str(image_size).encode(), *owned):
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
     return digest.hexdigest()[:32]
