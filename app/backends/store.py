@@ -4,8 +4,8 @@ Storage only (``core.references.ReferenceStorage``); the rules are ``core.refere
 is the engine's own ``ReferenceCache`` (``cache_bytes``, exported as the ``insid3_reference_cache_*``
 metrics). Without a directory, a reference evicted from it is gone; with one
 (``INSID3_REFERENCE_DIR``), every reference is also written there and survives evictions and
-restarts. A record lives until its ``expires_at``. All methods are called from the event loop;
-disk I/O runs in a thread.
+restarts; files are written atomically (``core.artifacts.write_atomic``). A record lives until its
+``expires_at``. All methods are called from the event loop; disk I/O runs in a thread.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import re
 from pathlib import Path
 
+from core.artifacts import write_atomic
 from core.cache import ReferenceCache
 from core.references import UnreadableRecord
 from core.serving import ReferencePage, StoredReference
@@ -77,9 +78,10 @@ class EmbeddedReferenceStorage:
                 path.unlink(missing_ok=True)
 
     def _write_record(self, record: StoredReference) -> None:
+        """In memory and on disk at once, with no await between: the file follows the order of the writes."""
         self._records[record.reference_id] = record
         if self._directory is not None:
-            self._paths(record.reference_id)[0].write_text(record.to_json())
+            write_atomic(self._paths(record.reference_id)[0], record.to_json().encode())
 
     async def read(self, reference_id: str) -> StoredReference | None:
         if reference_id in self._unreadable:
@@ -91,10 +93,15 @@ class EmbeddedReferenceStorage:
         if existing is not None:
             return existing
         self._cache.put(features)
+        self._records[record.reference_id] = record  # before any await: a concurrent save finds it
         if self._directory is not None:
             payload = features.to_bytes(DISK_DTYPE)
-            await asyncio.to_thread(self._paths(record.reference_id)[1].write_bytes, payload)
-        self._write_record(record)
+            await asyncio.to_thread(write_atomic, self._paths(record.reference_id)[1], payload)
+            current = self._records.get(record.reference_id)  # refreshed (or deleted) meanwhile?
+            if current is None:
+                self._forget(record.reference_id)
+            else:
+                self._write_record(current)
         return None
 
     async def replace(self, record: StoredReference, version: str) -> bool:
