@@ -35,6 +35,12 @@ class ImageTooLargeError(InvalidInputError):
     code = "image_too_large"
 
 
+class ImageShapeError(InvalidInputError):
+    """An image whose aspect ratio is beyond what the square network input can make sense of."""
+
+    code = "image_shape_unsupported"
+
+
 class EmptyMaskError(InvalidInputError):
     """A reference mask without a single foreground pixel."""
 

@@ -24,6 +24,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from core.defaults import DEFAULT_MAX_PIXELS
 from core.errors import (
     EmptyMaskError,
+    ImageShapeError,
     ImageTooLargeError,
     InvalidImageError,
     MaskShapeError,
@@ -44,6 +45,16 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 PILLOW_BLOCK_BYTES = 64 << 20
 if Image.core.get_block_size() < PILLOW_BLOCK_BYTES:
     Image.core.set_block_size(PILLOW_BLOCK_BYTES)
+# Limits checked from the header, before any pixel is decoded. A side over MAX_SIDE would make
+# per-row and per-column buffers (mask upsampling, rendering) the size of a whole image; an aspect
+# ratio over MAX_ASPECT_RATIO squashed to the square network input leaves nothing to segment.
+MAX_SIDE = 32768
+MAX_ASPECT_RATIO = 100
+# A progressive JPEG is decoded scan by scan, each one a pass over every block of the image
+# whatever its size in bytes: thousands of tiny scans make a "scan bomb" that decodes for minutes.
+# Encoders write about 10 scans (libjpeg's progressive script); MAX_JPEG_SCANS is far above that.
+MAX_JPEG_SCANS = 100
+_SOS = b"\xff\xda"
 
 
 def _open(source: ImageInput, what: str, max_pixels: int, max_side: int | None = None) -> Image.Image:
@@ -70,6 +81,8 @@ def _open(source: ImageInput, what: str, max_pixels: int, max_side: int | None =
             except UnidentifiedImageError:
                 raise InvalidImageError(_unidentified(stream, what)) from None
             _check_pixels(image, what, max_pixels)
+            if image.format in ("JPEG", "MPO"):
+                _check_scans(stream, what)
             reduced = None if max_side is None else _reduced_size(image.size, max_side)
             if reduced is not None:  # JPEG: decode at the smallest DCT scale near the reduced size
                 factor = _reduction(image.size, max_side)
@@ -85,7 +98,7 @@ def _decoding(what: str) -> Iterator[None]:
     """Any failure of Pillow on an upload becomes a 415 (or a 413 for size and memory)."""
     try:
         yield
-    except (InvalidImageError, ImageTooLargeError):
+    except (InvalidImageError, ImageTooLargeError, ImageShapeError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"{what} is too large to decode safely: {exc}") from None
@@ -150,6 +163,45 @@ def _check_pixels(image: Image.Image, what: str, max_pixels: int) -> None:
         raise ImageTooLargeError(
             f"{what} has {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
         )
+    _check_shape(width, height, what)
+
+
+def _check_shape(width: int, height: int, what: str) -> None:
+    """``ImageTooLargeError`` for a side over ``MAX_SIDE``, ``ImageShapeError`` for an aspect
+    ratio over ``MAX_ASPECT_RATIO``."""
+    if max(width, height) > MAX_SIDE:
+        raise ImageTooLargeError(
+            f"{what} is {width}x{height}: a side over the limit of {MAX_SIDE} pixels per side")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageShapeError(
+            f"{what} is {width}x{height}: an aspect ratio over the limit of {MAX_ASPECT_RATIO}:1")
+
+
+def _check_scans(stream: io.BytesIO | Path, what: str) -> None:
+    """``ImageTooLargeError`` for a JPEG of more than ``MAX_JPEG_SCANS`` scans (a scan bomb)."""
+    scans = jpeg_scans(stream.getvalue() if isinstance(stream, io.BytesIO) else stream.read_bytes())
+    if scans > MAX_JPEG_SCANS:
+        raise ImageTooLargeError(
+            f"{what} is a JPEG of {scans} scans, over the limit of {MAX_JPEG_SCANS} scans per image "
+            "(each scan is a pass over the whole image)")
+
+
+def jpeg_scans(data: bytes) -> int:
+    """How many scans (SOS markers) a JPEG holds, counted without decoding: the header segments
+    are skipped by their lengths (an EXIF thumbnail's scans do not count); after the first scan,
+    every SOS marker counts (entropy-coded data never holds one: its 0xFF bytes are stuffed)."""
+    position = 2  # after SOI
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return 0  # not a marker: Pillow reports the broken file
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if data[position:position + 2] == _SOS:
+            return 1 + data.count(_SOS, position + 2)
+        position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
+    return 0
 
 
 def _array_to_uint8(array: np.ndarray, what: str) -> np.ndarray:

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from core.errors import ImageTooLargeError, InvalidImageError
+from core.errors import ImageShapeError, ImageTooLargeError, InvalidImageError
 from core.images import ALLOWED_FORMATS, load_image, load_mask
 
 MODES = ("RGB", "RGBA", "L", "LA", "P", "1", "I;16", "I", "F", "CMYK", "YCbCr", "LAB")
 TRUNCATIONS = 3
 FLIPS = 5
-REFUSED = (InvalidImageError, ImageTooLargeError)
+REFUSED = (InvalidImageError, ImageTooLargeError, ImageShapeError)
 
 
 def _samples() -> list[tuple[str, str, bytes]]:

@@ -9,9 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from core.errors import EmptyMaskError, ImageTooLargeError, InvalidImageError, MaskShapeError
-from core.images import check_mask, load_image, load_mask, mask_to_tensor, pixels_to_tensor, resize_square
-from tests.support.images import encode
+from core.errors import EmptyMaskError, ImageShapeError, ImageTooLargeError, InvalidImageError, MaskShapeError
+from core.images import (
+    MAX_JPEG_SCANS,
+    check_mask,
+    jpeg_scans,
+    load_image,
+    load_mask,
+    mask_to_tensor,
+    pixels_to_tensor,
+    resize_square,
+)
+from tests.support.images import encode, scan_bomb, thin_png
 
 
 def test_paths_bytes_pil_and_arrays_decode_to_the_same_rgb(tmp_path: Path) -> None:
@@ -61,6 +70,35 @@ def test_pixel_limit_and_decompression_bombs_are_refused() -> None:
     with pytest.raises(ImageTooLargeError, match="over the limit"):
         load_image(big, max_pixels=1_000_000)
     assert load_image(big, max_pixels=10_000_000).size == (3000, 3000)
+
+
+def test_a_scan_bomb_is_refused_from_its_markers_before_decoding(tmp_path: Path) -> None:
+    bomb = scan_bomb()
+    assert jpeg_scans(bomb) > 100_000  # decoding it would take minutes
+    (tmp_path / "bomb.jpg").write_bytes(bomb)
+    for source in (bomb, tmp_path / "bomb.jpg"):
+        with pytest.raises(ImageTooLargeError, match=f"over the limit of {MAX_JPEG_SCANS} scans"):
+            load_image(source)
+    with pytest.raises(ImageTooLargeError, match="scans"):
+        load_mask(bomb)
+
+
+def test_ordinary_jpegs_count_their_scans_and_decode() -> None:
+    pixels = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    progressive = encode(pixels, "JPEG", progressive=True)
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    assert jpeg_scans(progressive) == 10
+    assert jpeg_scans(encode(pixels, "JPEG", exif=exif.tobytes())) == 1
+    assert load_image(progressive).size == (128, 96)
+
+
+def test_sides_and_aspect_ratios_are_limited_from_the_header() -> None:
+    with pytest.raises(ImageTooLargeError, match="over the limit of 32768 pixels per side"):
+        load_image(thin_png())  # 64,000,000x1: 187 KB, within max_pixels
+    with pytest.raises(ImageShapeError, match="aspect ratio over the limit of 100:1"):
+        load_image(encode(Image.new("L", (3000, 20))))
+    assert load_image(encode(Image.new("L", (2000, 20)))).size == (2000, 20)
 
 
 def test_masks_any_nonzero_value_is_foreground() -> None:

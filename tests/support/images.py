@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,45 @@ def undecodable_dds() -> bytes:
     """A DDS file without pixel-format flags: Pillow recognises it, then raises NotImplementedError."""
     header = struct.pack("<4I", 124, 0x1007, 8, 8) + bytes(8 + 44) + struct.pack("<4I", 32, 0, 0, 32) + bytes(36)
     return b"DDS " + header + bytes(8 * 8 * 4)
+
+
+def _jpeg_parts(data: bytes) -> list[bytes]:
+    """A JPEG split into its segments (a scan with its entropy-coded data), SOI and EOI included."""
+    parts, position = [data[:2]], 2
+    while data[position + 1] != 0xD9:
+        end = position + 2 + int.from_bytes(data[position + 2:position + 4], "big")
+        if data[position + 1] == 0xDA:  # the scan's data runs to the next marker (not 0xFF00 or RSTn)
+            end = data.index(b"\xff", end)
+            while data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                end = data.index(b"\xff", end + 2)
+        parts.append(data[position:end])
+        position = end
+    return [*parts, data[position:]]
+
+
+def scan_bomb(side: int = 2048, size: int = 2_000_000) -> bytes:
+    """A progressive JPEG of ``size`` bytes whose smallest scan is repeated until it is that
+    large (thousands of times): each repeat is a decoding pass over the whole ``side``² image."""
+    yy, xx = np.mgrid[:side, :side]
+    gradient = np.stack([xx * 255 // side, yy * 255 // side, (xx + yy) * 127 // side], axis=-1)
+    parts = _jpeg_parts(encode(gradient.astype(np.uint8), "JPEG", progressive=True, quality=90))
+    smallest = min((part for part in parts if part[1] == 0xDA), key=len)
+    body = b"".join(parts[:-1])
+    return body + smallest * ((size - len(body)) // len(smallest)) + parts[-1]
+
+
+def thin_png(width: int = 64_000_000) -> bytes:
+    """A ``width``x1 black RGB PNG, compressed to a fraction of a megabyte (written without
+    holding the image: ``width`` 64,000,000 gives 187 KB)."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    compressor, row = zlib.compressobj(9), width * 3
+    pixels = [compressor.compress(b"\x00")]  # the row's filter type
+    pixels += [compressor.compress(bytes(min(1 << 24, row - start))) for start in range(0, row, 1 << 24)]
+    header = struct.pack(">IIBBBBB", width, 1, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", b"".join(pixels) + compressor.flush()) + chunk(b"IEND", b""))
 
 
 # The scenes of the service tests (API, workers, deployment).
