@@ -13,6 +13,7 @@ from fastapi import Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
+from app.masks import render_until
 from app.settings import Settings
 from core.memory import trim_heap
 from core.serving import DeadlineExceeded, InferenceBackend
@@ -101,9 +102,10 @@ def _too_late() -> DeadlineExceeded:
 
 class RenderSlots:
     """At most ``slots`` renderings run at once (threads); a request waits for a slot and for
-    its rendering only until its deadline. A slot is freed when its thread ends, not before:
-    a rendering whose request gave up still holds its slot until it finishes. When the last
-    rendering ends, the memory it freed goes back to the OS (``core.memory.trim_heap``)."""
+    its rendering only until its deadline. A slot is freed when its thread ends: the encodings
+    whose cost grows with the mask's shape (polygons, instances) stop at the deadline
+    (``app.masks.render_until``); the others are linear in the pixels, which decoding bounds.
+    When the last rendering ends, the memory it freed goes back to the OS (``core.memory.trim_heap``)."""
 
     def __init__(self, slots: int) -> None:
         self._slots = asyncio.Semaphore(slots)
@@ -121,7 +123,7 @@ class RenderSlots:
             self._slots.release()
             raise _too_late()
         self._running += 1
-        future = asyncio.get_running_loop().run_in_executor(None, function)
+        future = asyncio.get_running_loop().run_in_executor(None, render_until, deadline, function)
         future.add_done_callback(self._release)
         try:
             async with asyncio.timeout(max(0.0, deadline - time.time())):

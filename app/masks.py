@@ -3,22 +3,46 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 from scipy import ndimage
 
+from core.serving import DeadlineExceeded
 from core.visualize import blend_mask
 
+T = TypeVar("T")
 OVERLAY_COLOUR = (0, 170, 255)
+TRACE_STEPS_PER_CHECK = 1 << 16  # outline steps (Python) between two deadline checks
+_deadline: ContextVar[float] = ContextVar("insid3_render_deadline", default=math.inf)
 
 # Moving along pixel edges on the corner lattice, with the region on the right-hand side.
 # direction -> (dx, dy), and the (row, col) offsets of the cells right and left of the next edge.
 _STEP = {0: (1, 0), 1: (0, 1), 2: (-1, 0), 3: (0, -1)}  # east, south, west, north (y down)
 _RIGHT_CELL = {0: (0, 0), 1: (0, -1), 2: (-1, -1), 3: (-1, 0)}
 _LEFT_CELL = {0: (-1, 0), 1: (0, 0), 2: (0, -1), 3: (-1, -1)}
+
+
+def render_until(deadline: float, function: Callable[[], T]) -> T:
+    """``function()``, whose encodings stop with ``DeadlineExceeded`` once ``deadline`` passes
+    (checked between components, instances and every ``TRACE_STEPS_PER_CHECK`` outline steps)."""
+    token = _deadline.set(deadline)
+    try:
+        return function()
+    finally:
+        _deadline.reset(token)
+
+
+def check_deadline() -> None:
+    """``DeadlineExceeded`` when the deadline of the rendering running here has passed."""
+    if time.time() >= _deadline.get():
+        raise DeadlineExceeded("the request's deadline passed while rendering its answer; the rendering stopped")
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, object]:
@@ -34,7 +58,11 @@ def _trace_outline(component: np.ndarray) -> list[float]:
     start_row, start_col = int(rows[0]), int(cols[0])  # top-most, then left-most pixel
     x, y, direction = start_col, start_row, 0  # its top edge, walking east
     points: list[float] = []
+    steps = 0
     while True:
+        steps += 1
+        if steps % TRACE_STEPS_PER_CHECK == 0:
+            check_deadline()
         for turn in (1, 0, 3, 2):  # right, straight, left, back
             candidate = (direction + turn) % 4
             right_r, right_c = _RIGHT_CELL[candidate]
@@ -58,6 +86,7 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]]:
     for index, window in enumerate(ndimage.find_objects(labels), start=1):
         if window is None:
             continue
+        check_deadline()
         component = labels[window] == index
         outline = _trace_outline(component)
         dy, dx = window[0].start, window[1].start
@@ -71,6 +100,7 @@ def split_instances(mask: np.ndarray) -> Iterator[np.ndarray]:
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     windows = ndimage.find_objects(labels)
     for index in np.argsort(-areas, kind="stable"):
+        check_deadline()
         part = np.zeros(mask.shape, dtype=bool)
         window = windows[index]
         part[window] = labels[window] == index + 1

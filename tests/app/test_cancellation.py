@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
+import numpy as np
 import pytest
 
 from app.main import create_app
@@ -16,7 +17,7 @@ from app.settings import Settings
 from core.serving import StoredReference
 from tests.support.api import assert_error
 from tests.support.fake_backend import FakeBackend
-from tests.support.images import TARGET
+from tests.support.images import TARGET, encode
 from tests.support.live_server import LiveServer
 from tests.support.metrics import metric
 from tests.support.net import eventually
@@ -126,6 +127,35 @@ def test_rendering_concurrency_is_bounded_by_the_setting(slow_rendering):
 
     assert [r.status_code for r in asyncio.run(scenario())] == [200] * 4
     assert slow_rendering.started == 4 and slow_rendering.most_at_once == 2
+
+
+def noise(height: int, width: int) -> np.ndarray:
+    """A mask of millions of tiny components: polygons and instances of it would take minutes."""
+    return np.random.default_rng(0).random((height, width)) < 0.5
+
+
+@pytest.mark.parametrize("fmt, instances", [("polygons", "false"), ("rle", "true")])
+def test_renderings_stop_at_their_deadline_and_free_their_slots(fmt: str, instances: str) -> None:
+    big = encode(np.zeros((4000, 4000), dtype=np.uint8))  # 16 Mpx, 16 KB
+
+    def costly() -> dict:
+        return {"files": {"target": ("big.png", big, "image/png")},
+                "data": {"reference_ids": RECORD.reference_id, "format": fmt, "instances": instances},
+                "headers": {"X-Request-Timeout": "2"}}
+
+    async def scenario() -> tuple[list[httpx.Response], httpx.Response]:
+        backend = FakeBackend(references=[RECORD], mask=noise)
+        async with in_process(create_app(settings(render_concurrency=2), backend)) as http:
+            stuck = [asyncio.create_task(http.post("/segment", **costly())) for _ in range(2)]
+            await asyncio.sleep(3)  # both held their slot past their deadline
+            async with asyncio.timeout(15):  # a normal request gets a slot: the renderings stopped
+                normal = await http.post("/segment", **segment_files("rle"))
+            return list(await asyncio.gather(*stuck)), normal
+
+    stuck, normal = asyncio.run(scenario())
+    for response in stuck:
+        assert_error(response, 504, "deadline_exceeded")
+    assert normal.status_code == 200, normal.text
 
 
 def test_render_concurrency_setting_is_read_from_the_environment(monkeypatch):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -28,13 +28,15 @@ def centre_box(height: int, width: int) -> np.ndarray:
 
 class FakeBackend:
     """References in a dict (id: sha256 of image and mask); ``segment`` answers ``centre_box`` of
-    each target, ``match`` maps every point onto itself. ``problem`` (not ready) and ``queue_full``
-    make every model call refuse; with ``hold``, ``segment`` waits until it is cancelled (and sets
-    ``cancelled``). ``calls`` lists (method, args) of every model call."""
+    each target (or ``mask(height, width)``), ``match`` maps every point onto itself. ``problem``
+    (not ready) and ``queue_full`` make every model call refuse; with ``hold``, ``segment`` waits
+    until it is cancelled (and sets ``cancelled``). ``calls`` lists (method, args) of every model call."""
 
     def __init__(self, problem: str | None = None, queue_full: float | None = None, hold: bool = False,
-                 references: list[StoredReference] = ()) -> None:
+                 references: list[StoredReference] = (),
+                 mask: Callable[[int, int], np.ndarray] = centre_box) -> None:
         self.problem = problem
+        self.mask = mask
         self.queue_full = queue_full
         self.hold = hold
         self.cancelled = threading.Event()
@@ -104,7 +106,7 @@ class FakeBackend:
         results = []
         for target in targets:
             width, height = (await asyncio.to_thread(load_image, target)).size
-            results.append(SegmentationResult(mask=centre_box(height, width), score=0.5, timings={"fake_ms": 1.0}))
+            results.append(SegmentationResult(mask=self.mask(height, width), score=0.5, timings={"fake_ms": 1.0}))
         return results
 
     async def match(self, target: bytes, reference: StoredReference, points: list[tuple[float, float]],
