@@ -39,6 +39,7 @@ class Consumer(Broker):
         self._requeue = client.register_script(scripts.REQUEUE)
         self._prune_consumers = client.register_script(scripts.PRUNE_CONSUMERS)
         self._reclaim_orphans = client.register_script(scripts.RECLAIM_ORPHANS)
+        self._liveness = client.register_script(scripts.LIVENESS)
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Job]:
         """New jobs for ``consumer`` (XREADGROUP ... COUNT ... BLOCK), recreating a lost group.
@@ -167,17 +168,16 @@ class Consumer(Broker):
         return bool(done)
 
     async def announce(self, name: str, description: Mapping[str, Any], ttl_ms: int) -> float:
-        """Renew a worker's liveness, and its model's, for ``ttl_ms``; returns the Redis clock
-        (Unix seconds)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.keys.worker(name), json.dumps(dict(description)), px=ttl_ms)
-        pipe.set(self.keys.alive, name, px=ttl_ms)
+        """Renew a worker's liveness, and its model's, for ``ttl_ms`` (at ``maxmemory`` too); returns
+        the Redis clock (Unix seconds)."""
+        described = json.dumps(dict(description))
+        keys, values = [self.keys.worker(name), self.keys.alive], [described, name]
         if self.keys.model:
-            pipe.set(self.keys.model_alive, json.dumps(dict(description)), px=ttl_ms)
-            pipe.sadd(self.keys.models, self.keys.model)
-        pipe.time()
-        *_, (seconds, micros) = await pipe.execute()
-        return seconds + micros / 1e6
+            keys.append(self.keys.model_alive)
+            values.append(described)
+        seconds, micros = await self._liveness(
+            keys=[*keys, self.keys.models], args=[ttl_ms, self.keys.model or "", *values])
+        return int(seconds) + int(micros) / 1e6
 
     async def retire(self, name: str) -> None:
         """Forget a worker that stops (and its consumer, when it holds no pending job)."""

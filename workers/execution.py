@@ -59,6 +59,9 @@ class Executor:
             except Insid3Error as exc:
                 outcome.answers.append((job, error_of(exc)))
                 continue
+            except ResponseError as exc:  # Redis refuses writes: out of memory, read-only replica
+                outcome.answers.append((job, error_of(ModelUnavailable(f"Redis cannot look the reference up: {exc}"))))
+                continue
             if isinstance(ready, ReferenceCreated):
                 outcome.answers.append((job, ready))
             else:

@@ -31,6 +31,7 @@ class Producer(Broker):
     def __init__(self, client: aioredis.Redis, keys: Keys = DEFAULT_KEYS) -> None:
         super().__init__(client, keys)
         self._enqueue = client.register_script(scripts.ENQUEUE)
+        self._liveness = client.register_script(scripts.LIVENESS)
 
     async def enqueue(self, jobs: Sequence[Job], max_backlog: int, model: str | None = None,
                       alive_ttl_ms: int = 3000) -> Enqueued:
@@ -71,8 +72,8 @@ class Producer(Broker):
         return {m: json.loads(d) for m, d in zip(models, found, strict=True) if d is not None}
 
     async def keep_alive(self, inbox: str, ttl_ms: int) -> None:
-        """Renew the liveness of this API process's ``inbox``."""
-        await self.client.set(inbox_alive(inbox), "1", px=ttl_ms)
+        """Renew the liveness of this API process's ``inbox`` (at ``maxmemory`` too)."""
+        await self._liveness(keys=[inbox_alive(inbox), self.keys.models], args=[ttl_ms, "", "1"])
 
     async def cancel(self, job_ids: Sequence[str], ttl_ms: int) -> None:
         """Mark jobs cancelled (for ``ttl_ms``: until their deadline) so that no worker runs them."""

@@ -5,7 +5,11 @@ removed it from the pending list, so a job processed twice (a reclaimed job whos
 was only slow) is still answered once. Needs Redis >= 7.
 
 The scripts that write start with ``#!lua`` (Redis 7 script flags): at ``maxmemory`` Redis refuses
-them before they run (OOM), so none is ever cut in half (say an XACK without its reply).
+them before they run (OOM), so none is ever cut in half (say an XACK without its reply). The
+scripts that answer a job (``ANSWER``, ``DEAD_LETTER``) and renew liveness (``LIVENESS``) are
+``allow-oom``: an answer is small and its inbox popped at once, a liveness key is a few bytes renewed
+in place; without them a full Redis would make callers wait out their deadlines for a 504, and make
+every worker look dead and every API process gone.
 """
 
 # KEYS: stream, the model's liveness key, the caller's inbox liveness key
@@ -41,7 +45,7 @@ return ids
 
 # KEYS: stream, inbox of job 1, inbox of job 2...   ARGV: group, inbox ttl ms, id 1, reply 1, id 2, reply 2...
 # -> per job: 1 answered, 0 already answered (acknowledged before)
-ANSWER = """#!lua
+ANSWER = """#!lua flags=allow-oom
 local done = {}
 for i = 2, #KEYS do
   local id, reply = ARGV[2 * i - 1], ARGV[2 * i]
@@ -56,8 +60,17 @@ end
 return done
 """
 
+# KEYS: liveness keys..., the set of served models   ARGV: ttl ms, a member for that set ('': none), the
+# liveness keys' values...   -> the Redis clock {seconds, microseconds}
+LIVENESS = """#!lua flags=allow-oom
+local n = #ARGV - 2
+for i = 1, n do redis.call('SET', KEYS[i], ARGV[i + 2], 'PX', ARGV[1]) end
+if ARGV[2] ~= '' then redis.call('SADD', KEYS[n + 1], ARGV[2]) end
+return redis.call('TIME')
+"""
+
 # KEYS: stream, dead, inbox   ARGV: group, entry id, reply, inbox ttl ms, dead maxlen, fields...
-DEAD_LETTER = """#!lua
+DEAD_LETTER = """#!lua flags=allow-oom
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 6))
 redis.call('RPUSH', KEYS[3], ARGV[3])

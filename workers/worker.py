@@ -202,7 +202,12 @@ class Worker:
             return
         log.warning("job %s failed (try %d of %d), requeued: %s", job.job_id, job.tries,
                     self.settings.max_attempts, error)
-        if await self.queue.requeue(job) is not None:
+        try:
+            requeued = await self.queue.requeue(job)
+        except ResponseError as exc:  # Redis refuses the job's copy (out of memory): answer it now
+            await self._dead_letter(job, f"{error}; not retried: Redis refused to queue it again ({exc})")
+            return
+        if requeued is not None:
             metrics.JOBS.labels(outcome="retried").inc()
 
     async def _dead_letter(self, job: Job, error: str) -> None:

@@ -183,6 +183,38 @@ def test_redis_at_maxmemory_is_a_503_with_the_reason_and_heals_by_itself(pool: P
     assert pool.all_alive()
 
 
+PROMPT = (200, 201, 503, 507)  # an answer, or a prompt refusal with its reason: never a 504 or a 500
+
+
+def test_maxmemory_mid_load_answers_every_request_promptly_five_times(pool: Pool) -> None:
+    redis = pool.launcher.redis
+    for round_ in range(5):
+        async def load() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=10) as client:  # every answer within 10 s, or ReadTimeout
+                headers = {"X-Request-Timeout": "8"}
+                creating = [client.post(f"{pool.url}/references", headers=headers, files={
+                    "image": ("r.png", small_scene(300 + 10 * round_ + i).png),
+                    "mask": ("m.png", small_scene(300 + 10 * round_ + i).mask_png)}) for i in range(4)]
+                segmenting = [client.post(f"{pool.url}/segment", headers=headers, data={
+                    "reference_ids": pool.reference_id}, files={"target": ("t.png", small_scene(400 + i).png)})
+                    for i in range(4)]
+                tasks = [asyncio.create_task(request) for request in creating + segmenting]
+                await asyncio.to_thread(eventually, lambda: sum(map(pool.pending_of, pool.metrics)) > 0, 30,
+                                        "the workers to hold jobs", interval_s=0.002)
+                redis.config_set("maxmemory", int(redis.info("memory")["used_memory"]) // 2)
+                try:
+                    return list(await asyncio.gather(*tasks))
+                finally:
+                    redis.config_set("maxmemory", 0)
+
+        answers = asyncio.run(load())
+        assert all(r.status_code in PROMPT for r in answers), [(r.status_code, r.text[:150]) for r in answers if r.status_code not in PROMPT]
+        assert all("memory" in r.json()["detail"] for r in answers if r.status_code == 503)
+        assert pool.all_alive()
+        eventually(lambda: httpx.get(f"{pool.url}/readyz").status_code == 200, 10, "readiness to recover")
+    assert [r.status_code for r in pool.segment(2)] == [200, 200]
+
+
 def test_a_worker_of_another_image_size_never_causes_a_409(pool: Pool, capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
     odd = pool.launcher.worker("odd", port, "--image-size", str(IMAGE_SIZE + 32))
