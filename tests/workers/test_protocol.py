@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from core.requests import MatchRequest, ReferenceRequest, SegmentRequest
 from core.serving import JobFailed, StoredReference
@@ -28,7 +29,7 @@ from workers.codec import (
     unpack,
 )
 from workers.jobs import Job
-from workers.keys import GROUP, Keys
+from workers.keys import GROUP, Keys, inbox_alive
 
 JOB_FAILED = JobFailed.code
 
@@ -180,6 +181,31 @@ def test_requeue_counts_tries_and_dead_letter_answers_the_caller(
         stats = await queue.stats()
         assert (stats.dead_letters, stats.pending, stats.backlog) == (1, 0, 0)
         assert await queue.purge_dead_letters() == 1
+
+    run_with_queue(scenario)
+
+
+def test_at_maxmemory_answers_and_liveness_get_through_new_work_does_not(
+        run_with_queue: Callable[[Scenario], None]) -> None:
+    async def scenario(queue: Queue) -> None:
+        inbox = queue.keys.inbox("api")
+        await queue.enqueue([_job(inbox), _job(inbox)], max_backlog=10)
+        answered, dead = await queue.read("w", count=2, block_ms=10)
+        await queue.client.config_set("maxmemory", 1)
+        try:
+            with pytest.raises(ResponseError, match="maxmemory"):
+                await queue.enqueue([_job(inbox)], max_backlog=10)
+            with pytest.raises(ResponseError, match="maxmemory"):
+                await queue.requeue(dead)
+            assert await queue.answer([(answered, RemoteError("invalid_image", "not an image"))]) == [True]
+            assert await queue.dead_letter(dead, "RuntimeError: boom", "w")
+            await queue.keep_alive(inbox, 60_000)
+            assert abs(await queue.announce("w", {"name": "w"}, 60_000) - time.time()) < 60
+        finally:
+            await queue.client.config_set("maxmemory", 0)
+        replies = await queue.pop_replies(inbox, timeout_s=1)
+        assert sorted(decode_reply(m)[0] for m in replies) == sorted([answered.job_id, dead.job_id])
+        assert await queue.client.exists(inbox_alive(inbox), queue.keys.worker("w")) == 2
 
     run_with_queue(scenario)
 
