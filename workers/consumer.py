@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -27,6 +27,7 @@ class Reclaimed:
     jobs: list[Job]
     malformed: list[str]  # entry ids whose fields do not parse (acknowledged, dropped)
     deleted: list[str]  # pending entries whose data had been trimmed (removed by XAUTOCLAIM)
+    stalled: list[Job] = field(default_factory=list)  # taken from a live worker that stalled on them
 
 
 class Consumer(Broker):
@@ -64,9 +65,11 @@ class Consumer(Broker):
         return jobs
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> Reclaimed:
-        """XAUTOCLAIM up to ``count`` entries idle for ``min_idle_ms`` (their consumer hung: the
-        backstop of ``reclaim_orphans``), with their delivery counts."""
+        """XAUTOCLAIM up to ``count`` entries idle for ``min_idle_ms`` (the backstop of
+        ``reclaim_orphans``), with their delivery counts; those of a consumer whose worker is
+        still alive (it stalled on them) are in ``stalled``."""
         try:
+            idle = await self.client.xpending_range(self.keys.stream, GROUP, "-", "+", count, idle=min_idle_ms)
             _, entries, deleted = await self.client.xautoclaim(
                 self.keys.stream, GROUP, consumer, min_idle_ms, "0-0", count=count)
         except ResponseError as exc:
@@ -74,8 +77,17 @@ class Consumer(Broker):
                 raise
             await self.ensure_group()
             return Reclaimed([], [], [])
+        owners = {text(row["message_id"]): text(row["consumer"]) for row in idle}
         jobs, malformed = await self._claimed(consumer, entries)
-        return Reclaimed(jobs, malformed, [text(i) for i in deleted])
+        alive = await self._alive({owners[job.entry_id] for job in jobs if job.entry_id in owners})
+        stalled = [job for job in jobs if owners.get(job.entry_id) in alive]
+        return Reclaimed([job for job in jobs if job not in stalled], malformed, [text(i) for i in deleted], stalled)
+
+    async def _alive(self, workers: set[str]) -> set[str]:
+        """The ``workers`` whose heartbeat has not lapsed."""
+        names = sorted(workers)
+        found = await self.client.mget([self.keys.worker(name) for name in names]) if names else []
+        return {name for name, description in zip(names, found, strict=True) if description is not None}
 
     async def reclaim_orphans(self, consumer: str, count: int) -> Reclaimed:
         """Take over up to ``count`` pending entries of consumers whose worker heartbeat lapsed

@@ -7,8 +7,10 @@
 * Liveness: the heartbeat renews ``p:worker:<name>`` every ``heartbeat_s`` with a TTL of
   ``heartbeat_ttl_s``. Every ``heartbeat_s`` each worker takes over the pending jobs of consumers
   whose heartbeat lapsed (killed, crashed, paused); XAUTOCLAIM after ``visibility_timeout_s`` of
-  idleness is the backstop for live but stuck workers. A job tried ``max_attempts`` times is
-  dead-lettered. A paused worker that resumes cannot answer twice: ``ANSWER`` is XACK-guarded.
+  idleness is the backstop for live but stuck workers: a job a live worker stalled on is
+  dead-lettered with that reason, never handed to the next worker. A job tried ``max_attempts``
+  times (its workers died on it) is dead-lettered. A paused worker that resumes cannot answer
+  twice: ``ANSWER`` is XACK-guarded.
 * Dropped work: jobs whose deadline passed, whose caller cancelled them, or whose API process is
   gone are acknowledged unrun. Deadlines are Unix times of the API host's clock (keep NTP on).
 * Failures: input errors are answered at once (4xx), never retried; only unexpected errors retry.
@@ -136,16 +138,32 @@ class Worker:
             self._next_orphans = now + (0 if found.jobs else self.settings.heartbeat_s)
         if not found.jobs and now >= self._next_reclaim:
             found = await self.queue.reclaim(self.name, self.visibility_ms, batch)
-            full = len(found.jobs) + len(found.malformed) == batch
+            full = len(found.jobs) + len(found.stalled) + len(found.malformed) == batch
             self._next_reclaim = now + (0 if full else min(max(self.settings.visibility_timeout_s / 2, 0.5), 30.0))
-            if not found.jobs:
+            if not found.jobs and not found.stalled:
                 await self.queue.prune_consumers(self.visibility_ms)
+            await self._dead_letter_stalled(found.stalled)
         if found.deleted:
             log.warning("dropped %d pending entries whose data was trimmed", len(found.deleted))
         if found.jobs:
             metrics.JOBS.labels(outcome="reclaimed").inc(len(found.jobs))
-            log.warning("reclaimed %d jobs from dead or stalled workers", len(found.jobs))
+            log.warning("reclaimed %d jobs from dead workers", len(found.jobs))
         return found.jobs
+
+    async def _dead_letter_stalled(self, jobs: Sequence[Job]) -> None:
+        """Jobs a live worker held past the visibility timeout: whatever stalled it may stall the
+        next one, so they are dead-lettered with the reason, never run again (those whose deadline
+        passed are dropped)."""
+        if not jobs:
+            return
+        now, timeout = time.time(), self.settings.visibility_timeout_s
+        expired = await self.queue.skip([job for job in jobs if job.deadline <= now])
+        metrics.JOBS.labels(outcome="expired").inc(expired)
+        for job in jobs:
+            if job.deadline > now:
+                await self._dead_letter(job, (
+                    f"its worker stalled on it for over the visibility timeout ({timeout:g} s) while alive; "
+                    "it is not handed to another worker, which it could stall too"))
 
     # -------------------------------------------------------------------------- running
 

@@ -202,3 +202,38 @@ def test_a_reference_gone_after_the_api_resolved_it_is_the_workers_404(launcher:
 
     reply = asyncio.run(scenario())
     assert reply.code == "reference_not_found" and reply.extra == {"reference_id": "0" * 32}
+
+
+def test_a_job_a_live_worker_stalled_on_is_dead_lettered_not_handed_on(launcher: Launcher, steady: int) -> None:
+    before = scrape(steady)
+
+    async def scenario() -> RemoteError:
+        client = connect(launcher.redis_url)
+        queue = await served_queue(client)
+        inbox = queue.keys.inbox("stall-test")
+        job = Job.new(SegmentRequest(small_scene(5).png, ["x"]), deadline(), inbox)
+        # "stuck" takes the job in the same transaction as it is added (before steady's blocked read),
+        # keeps its heartbeat alive and never answers: a live worker stalled on it.
+        await client.set(queue.keys.worker("stuck"), "{}", px=60_000)
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xadd(queue.keys.stream, job.fields())
+            pipe.xreadgroup(GROUP, "stuck", {queue.keys.stream: ">"}, count=1)
+            _, [[_, [(entry_id, _)]]] = await pipe.execute()
+        try:
+            async with asyncio.timeout(30):  # bounded: the visibility timeout is 3 s
+                [message] = await queue.pop_replies(inbox, timeout_s=30)
+        finally:
+            await client.delete(queue.keys.worker("stuck"))
+        [(_, letter)] = [row for row in await queue.dead_letters(100) if row[1]["job"] == job.job_id]
+        assert letter["entry"] == entry_id.decode()
+        await client.aclose()
+        job_id, reply = decode_reply(message)
+        assert job_id == job.job_id and isinstance(reply, RemoteError)
+        return reply
+
+    reply = asyncio.run(scenario())
+    assert reply.code == JobFailed.code and "stalled on it" in reply.detail and "not handed" in reply.detail
+    after = scrape(steady)
+    assert delta(after, before, 'insid3_worker_jobs_total{outcome="dead_lettered"}') == 1
+    assert delta(after, before, 'insid3_worker_jobs_total{outcome="processed"}') == 0
+    assert delta(after, before, 'insid3_worker_jobs_total{outcome="failed"}') == 0
