@@ -10,9 +10,9 @@ Redis that refuses writes (out of memory, read-only replica). A request cancelle
 (its client went away) marks its jobs cancelled so that no worker runs them.
 
 Routing: jobs for stored references go to the stream of the workers of the model that encoded
-them (model id and image size of the record); new references and inline references go to the
-configured model (``model_size`` and ``image_size`` of ``insid3 serve``) when a worker serves it,
-else to the model of the most recently started worker.
+them (model id and image size of the records; references of several are refused before queueing);
+new references and inline references go to the configured model (``model_size`` and ``image_size``
+of ``insid3 serve``) when a worker serves it, else to the model of the most recently started worker.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from prometheus_client import Gauge
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
-from core.errors import Insid3Error
+from core.errors import IncompatibleReferenceError, Insid3Error
 from core.references import ReferencePolicy
 from core.requests import MatchRequest, ReferenceRequest, Request, SegmentRequest
 from core.serving import (
@@ -85,6 +85,21 @@ class QueueLimits:
     reference_quota: int = 0  # live references per tenant (0: no limit)
     model_size: str = ""  # the preferred model of new references ("": the newest served)
     image_size: int = 0
+
+
+def _made_by(references: Sequence[StoredReference]) -> tuple[str, int]:
+    """The model and image size that encoded every one of ``references``; a k-shot request mixing
+    several is refused before it is queued (no worker could run it)."""
+    makers: dict[tuple[str, int], str] = {}
+    for record in references:
+        makers.setdefault((record.model, record.image_size), record.reference_id)
+    if len(makers) > 1:
+        mixed = ", ".join(f"{ref} by {model} at {size}" for (model, size), ref in makers.items())
+        raise IncompatibleReferenceError(
+            f"the references were encoded by different models or image sizes ({mixed}); a worker runs one "
+            "model at one image size, so references used together must share them: encode them again with one")
+    [made_by] = makers
+    return made_by
 
 
 def redis_refusal(exc: ResponseError) -> str:
@@ -209,7 +224,7 @@ class RedisBackend:
         if not models:
             raise ModelUnavailable(f"no worker is serving the job queue at {self._where}")
         if references:
-            made_by = (references[0].model, references[0].image_size)
+            made_by = _made_by(references)
             return next((key for key, d in models.items() if (d.get("model"), d.get("image_size")) == made_by),
                         model_key(*made_by))
         wanted = (self._limits.model_size, self._limits.image_size)

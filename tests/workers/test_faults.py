@@ -21,7 +21,7 @@ from tests.support.metrics import scrape
 from tests.support.net import eventually, free_port
 from tests.support.redis_server import RedisServer
 from tests.workers.conftest import database_url
-from tests.workers.helpers import IMAGE_SIZE, Launcher, queue_cli
+from tests.workers.helpers import IMAGE_SIZE, Launcher, queue_cli, run_with_backend
 from workers.keys import DEFAULT_KEYS, GROUP, inbox_alive
 
 BURST = 16
@@ -247,6 +247,26 @@ def test_a_worker_of_another_image_size_never_causes_a_409(pool: Pool, capsys: p
         assert scrape(port)['insid3_worker_jobs_total{outcome="processed"}'] == 0  # it serves no job of ours
         assert len(httpx.get(f"{pool.url}/readyz").json()["models"]) == 2  # the mixed pool is visible
         assert "mixed pool: live workers serve 2 models" in queue_cli(pool.launcher, capsys, "stats")
+    finally:
+        odd.stop()
+    assert pool.all_alive()
+
+
+def test_a_k_shot_request_across_image_sizes_is_refused_before_it_is_queued(pool: Pool) -> None:
+    odd_size = IMAGE_SIZE + 32
+    odd = pool.launcher.worker("odd-k-shot", free_port(), "--image-size", str(odd_size))
+    try:
+        scene = small_scene(41)  # stored by the newest worker: the odd one
+        info, _ = run_with_backend(pool.launcher.redis_url, lambda backend: backend.create_reference(
+            scene.png, scene.mask_png, None, None, time.time() + 60))
+        assert info.image_size == odd_size
+        streams = [DEFAULT_KEYS.for_model(m.decode()).stream for m in pool.launcher.redis.smembers(DEFAULT_KEYS.models)]
+        added = {stream: pool.launcher.redis.xinfo_stream(stream)["entries-added"] for stream in streams}
+        response = httpx.post(f"{pool.url}/segment", timeout=60, files={"target": ("t.png", small_scene(42).png)},
+                              data={"reference_ids": [pool.reference_id, info.reference_id]})
+        assert response.status_code == 409 and response.json()["error"] == "incompatible_reference"
+        assert f"at {IMAGE_SIZE}" in response.json()["detail"] and f"at {odd_size}" in response.json()["detail"]
+        assert {stream: pool.launcher.redis.xinfo_stream(stream)["entries-added"] for stream in streams} == added
     finally:
         odd.stop()
     assert pool.all_alive()
