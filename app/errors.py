@@ -75,7 +75,7 @@ ERROR_DESCRIPTIONS = {
     507: "The reference budget (INSID3_REFERENCE_BUDGET_BYTES) is full; delete references or retry later.",
     409: "Reference encoded by another model or at another image size.",
     413: "Upload over INSID3_MAX_UPLOAD_BYTES, or an image over INSID3_MAX_PIXELS, over 32768 px on a side or "
-         "a JPEG of over 100 scans (decompression and scan bombs).",
+         "a JPEG of too many scans (decompression and scan bombs).",
     415: "Not an image, or a truncated image.",
     422: "Invalid parameters (a single-valued field given twice included), empty mask, or a mask whose "
          "aspect differs from its image's.",

@@ -52,8 +52,11 @@ MAX_SIDE = 32768
 MAX_ASPECT_RATIO = 100
 # A progressive JPEG is decoded scan by scan, each one a pass over every block of the image
 # whatever its size in bytes: thousands of tiny scans make a "scan bomb" that decodes for minutes.
-# Encoders write about 10 scans (libjpeg's progressive script); MAX_JPEG_SCANS is far above that.
+# Encoders write about 10 scans (libjpeg's progressive script); MAX_JPEG_SCANS is far above that,
+# and MAX_JPEG_SCAN_PIXELS (scans x pixels) bounds the passes over a large image: 100 scans of
+# 16 Mpx, 25 of 64 Mpx, about 2 s of decoding on one CPU core.
 MAX_JPEG_SCANS = 100
+MAX_JPEG_SCAN_PIXELS = 100 * 16_000_000
 _SOS = b"\xff\xda"
 
 
@@ -82,7 +85,7 @@ def _open(source: ImageInput, what: str, max_pixels: int, max_side: int | None =
                 raise InvalidImageError(_unidentified(stream, what)) from None
             _check_pixels(image, what, max_pixels)
             if image.format in ("JPEG", "MPO"):
-                _check_scans(stream, what)
+                _check_scans(stream, image.width * image.height, what)
             reduced = None if max_side is None else _reduced_size(image.size, max_side)
             if reduced is not None:  # JPEG: decode at the smallest DCT scale near the reduced size
                 factor = _reduction(image.size, max_side)
@@ -177,13 +180,16 @@ def _check_shape(width: int, height: int, what: str) -> None:
             f"{what} is {width}x{height}: an aspect ratio over the limit of {MAX_ASPECT_RATIO}:1")
 
 
-def _check_scans(stream: io.BytesIO | Path, what: str) -> None:
-    """``ImageTooLargeError`` for a JPEG of more than ``MAX_JPEG_SCANS`` scans (a scan bomb)."""
+def _check_scans(stream: io.BytesIO | Path, pixels: int, what: str) -> None:
+    """``ImageTooLargeError`` for a JPEG of more than ``MAX_JPEG_SCANS`` scans, or of more scans
+    than ``MAX_JPEG_SCAN_PIXELS`` allows at its size (a scan bomb)."""
     scans = jpeg_scans(stream.getvalue() if isinstance(stream, io.BytesIO) else stream.read_bytes())
-    if scans > MAX_JPEG_SCANS:
+    limit = max(1, min(MAX_JPEG_SCANS, MAX_JPEG_SCAN_PIXELS // pixels))
+    if scans > limit:
         raise ImageTooLargeError(
-            f"{what} is a JPEG of {scans} scans, over the limit of {MAX_JPEG_SCANS} scans per image "
-            "(each scan is a pass over the whole image)")
+            f"{what} is a JPEG of {scans} scans, over the limit of {limit} scans for its {pixels} pixels "
+            f"(at most {MAX_JPEG_SCANS}, and {MAX_JPEG_SCAN_PIXELS} scans x pixels: each scan is a pass "
+            "over the whole image)")
 
 
 def jpeg_scans(data: bytes) -> int:

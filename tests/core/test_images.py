@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from core import images
 from core.errors import EmptyMaskError, ImageShapeError, ImageTooLargeError, InvalidImageError, MaskShapeError
 from core.images import (
     MAX_JPEG_SCANS,
@@ -91,6 +92,14 @@ def test_ordinary_jpegs_count_their_scans_and_decode() -> None:
     assert jpeg_scans(progressive) == 10
     assert jpeg_scans(encode(pixels, "JPEG", exif=exif.tobytes())) == 1
     assert load_image(progressive).size == (128, 96)
+
+
+def test_large_images_allow_fewer_scans(monkeypatch: pytest.MonkeyPatch) -> None:
+    pixels = np.random.default_rng(4).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    monkeypatch.setattr(images, "MAX_JPEG_SCAN_PIXELS", 9 * 96 * 128)  # 9 passes over this image
+    with pytest.raises(ImageTooLargeError, match="JPEG of 10 scans, over the limit of 9 scans for its 12288 pixels"):
+        load_image(encode(pixels, "JPEG", progressive=True))
+    assert load_image(encode(pixels, "JPEG")).size == (128, 96)
 
 
 def test_sides_and_aspect_ratios_are_limited_from_the_header() -> None:
