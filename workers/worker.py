@@ -8,8 +8,9 @@
   ``heartbeat_ttl_s``. Every ``heartbeat_s`` each worker takes over the pending jobs of consumers
   whose heartbeat lapsed (killed, crashed, paused); XAUTOCLAIM after ``visibility_timeout_s`` of
   idleness is the backstop for live but stuck workers: a job a live worker stalled on is
-  dead-lettered with that reason, never handed to the next worker. A job tried ``max_attempts``
-  times (its workers died on it) is dead-lettered. A paused worker that resumes cannot answer
+  dead-lettered with that reason, never handed to the next worker. Jobs taken over from a dead
+  worker run one at a time (one may be what killed it); a job tried ``max_attempts`` times (its
+  workers died on it) is dead-lettered. A paused worker that resumes cannot answer
   twice: ``ANSWER`` is XACK-guarded.
 * Dropped work: jobs whose deadline passed, whose caller cancelled them, or whose API process is
   gone are acknowledged unrun. Deadlines are Unix times of the API host's clock (keep NTP on).
@@ -183,19 +184,27 @@ class Worker:
         runnable = [job for job in live if job.tries <= self.settings.max_attempts]
         for job in exhausted:
             await self._dead_letter(job, "the worker running it stopped answering (crashed or hung)")
-        outcome = await self.executor.execute(runnable)
+        # Jobs taken over from a dead worker run one at a time: one of them may be what killed it,
+        # and it then takes down no other job (and is dead-lettered after max_attempts).
+        suspect = any(job.deliveries > 1 for job in runnable)
+        for group in [[job] for job in runnable] if suspect else [runnable]:
+            await self._run(group)
+        await self.queue.trim_acked()
+        metrics.LAST_BATCH.set(time.time())
+        self.batches += 1
+        self.jobs += len(jobs)
+
+    async def _run(self, jobs: Sequence[Job]) -> None:
+        """Run ``jobs`` in one engine call and answer, retry or dead-letter each."""
+        outcome = await self.executor.execute(jobs)
         delivered = await self._answer(outcome.answers)
         for (_, result), done in zip(outcome.answers, delivered, strict=True):
             if done:
                 metrics.JOBS.labels(outcome=_outcome_of(result)).inc()
         for job, error in outcome.failures:
             await self._retry_or_dead_letter(job, error)
-        await self.queue.trim_acked()
         if outcome.engine_jobs:
             metrics.BATCH_JOBS.observe(outcome.engine_jobs)
-        metrics.LAST_BATCH.set(time.time())
-        self.batches += 1
-        self.jobs += len(jobs)
 
     async def _answer(self, answers: Sequence[tuple[Job, Result]]) -> list[bool]:
         """``Consumer.answer``, retried with backoff while Redis is unreachable or full, until the

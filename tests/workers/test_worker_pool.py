@@ -237,3 +237,38 @@ def test_a_job_a_live_worker_stalled_on_is_dead_lettered_not_handed_on(launcher:
     assert delta(after, before, 'insid3_worker_jobs_total{outcome="dead_lettered"}') == 1
     assert delta(after, before, 'insid3_worker_jobs_total{outcome="processed"}') == 0
     assert delta(after, before, 'insid3_worker_jobs_total{outcome="failed"}') == 0
+
+
+def test_jobs_taken_over_from_a_dead_worker_run_one_at_a_time(launcher: Launcher, steady: int) -> None:
+    info, _ = with_backend(launcher, lambda backend: backend.create_reference(
+        small_scene(6).png, small_scene(6).mask_png, None, None, deadline()))
+    before = scrape(steady)
+
+    async def scenario() -> list[object]:
+        client = connect(launcher.redis_url)
+        queue = await served_queue(client)
+        inbox = queue.keys.inbox("takeover-test")
+        jobs = [Job.new(SegmentRequest(small_scene(600 + i).png, [info.reference_id]), deadline(), inbox)
+                for i in range(3)]
+        # "gone" takes the jobs as they are added (before steady's blocked read) and has no heartbeat:
+        # a worker that died holding them.
+        await queue.keep_alive(inbox, 60_000)
+        async with client.pipeline(transaction=True) as pipe:
+            for job in jobs:
+                pipe.xadd(queue.keys.stream, job.fields())
+            pipe.xreadgroup(GROUP, "gone", {queue.keys.stream: ">"}, count=3)
+            *_, [[_, held]] = await pipe.execute()
+        assert len(held) == 3
+        results = []
+        async with asyncio.timeout(60):  # bounded: a lost job fails the test
+            while len(results) < 3:
+                results += [decode_reply(m)[1] for m in await queue.pop_replies(inbox, timeout_s=1)]
+        await client.aclose()
+        return results
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(result, SegmentationResult) for result in results)
+    after = scrape(steady)
+    assert delta(after, before, 'insid3_worker_jobs_total{outcome="reclaimed"}') == 3
+    assert delta(after, before, "insid3_worker_batch_jobs_count") == 3  # three engine calls of one job
+    assert delta(after, before, "insid3_worker_batch_jobs_sum") == 3
