@@ -28,6 +28,7 @@ from core.errors import (
 from core.serving import (
     CorruptReference,
     DeadlineExceeded,
+    JobFailed,
     ModelUnavailable,
     QueueFull,
     QuotaExceeded,
@@ -45,6 +46,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Insid3Error], int], ...] = (
     (QuotaExceeded, 403),
     (QueueFull, 503),
     (DeadlineExceeded, 504),
+    (JobFailed, 502),
     (ModelUnavailable, 503),
     (ImageTooLargeError, 413),
     (InvalidImageError, 415),
@@ -79,6 +81,8 @@ ERROR_DESCRIPTIONS = {
     415: "Not an image, or a truncated image.",
     422: "Invalid parameters (a single-valued field given twice included), empty mask, or a mask whose "
          "aspect differs from its image's.",
+    502: "Redis mode: the job failed on every try or stalled a worker, and was dead-lettered (job_failed); "
+         "retrying would repeat it.",
     503: "Model not ready, Redis unreachable or out of memory (the detail says why), or queue full (with Retry-After).",
     504: "The request's deadline passed; its job was dropped.",
 }

@@ -101,7 +101,8 @@ class CorruptReference(BackendError):
 
 
 class JobFailed(BackendError):
-    """A job that failed unexpectedly on every try and was dead-lettered. HTTP 500."""
+    """A job that failed on every try, or stalled a worker, and was dead-lettered: a failure of the
+    worker behind the API, not of the API itself. HTTP 502 (never retried by ``insid3.client``)."""
 
     code = "job_failed"
 

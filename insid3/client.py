@@ -38,6 +38,7 @@ from PIL import Image
 
 ImageLike = str | Path | bytes | bytearray | Image.Image | np.ndarray
 RETRY_STATUSES = frozenset({502, 503})  # 503: queue full, model loading, Redis unreachable; 502: a proxy
+FINAL_CODES = frozenset({"job_failed"})  # the service's own 502: a dead-lettered job, which a retry would repeat
 MAX_BACKOFF_S = 10.0
 PAGE_SIZE = 1000
 
@@ -263,7 +264,7 @@ class _Attempts:
         if response.is_success:
             return None
         error = self._error(response)
-        if response.status_code not in RETRY_STATUSES:
+        if response.status_code not in RETRY_STATUSES or error.code in FINAL_CODES:
             raise error
         return self._wait(error, _retry_after(response))
 

@@ -59,7 +59,7 @@ def _check_inside(points: list[tuple[float, float]], width: int, height: int) ->
 @router.post(
     "/match",
     response_model=MatchResponse,
-    responses=error_responses(401, 403, 404, 409, 410, 413, 415, 422, 503, 504, 507),
+    responses=error_responses(401, 403, 404, 409, 410, 413, 415, 422, 502, 503, 504, 507),
     summary="Match reference points to a target",
 )
 async def match(

@@ -25,7 +25,7 @@ ReferenceId = Annotated[str, Path(min_length=1, max_length=128, description="The
         200: {"model": ReferenceInfo,
               "description": "An identical reference of yours existed (its expiry is extended, never "
                              "shortened; a name given renames it)."},
-        **error_responses(401, 403, 413, 415, 422, 503, 504, 507),
+        **error_responses(401, 403, 413, 415, 422, 502, 503, 504, 507),
     },
     summary="Encode and store a reference",
 )

@@ -71,7 +71,7 @@ async def _render(
             "description": "JSON results; a PNG for format=png/overlay with one target and instances=false.",
             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
         },
-        **error_responses(401, 403, 404, 409, 410, 413, 415, 422, 503, 504, 507),
+        **error_responses(401, 403, 404, 409, 410, 413, 415, 422, 502, 503, 504, 507),
     },
     summary="Segment targets like the references",
 )

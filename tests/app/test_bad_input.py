@@ -10,6 +10,9 @@ import zlib
 import numpy as np
 import pytest
 
+from app.errors import status_of
+from core.errors import Insid3Error
+from core.serving import BackendError
 from tests.support.api import assert_error, create_reference, match, segment
 from tests.support.images import REFERENCE, TARGET, Scene, encode
 
@@ -176,3 +179,18 @@ def test_backend_errors_map_to_their_statuses(fake):
     body = assert_error(create_reference(http, REFERENCE), 503, "model_unavailable")
     assert body["detail"] == "the fake model is away"
     assert_error(http.get("/readyz"), 503, "model_unavailable")
+
+
+def _concrete_errors() -> list[type[Insid3Error]]:
+    found, todo = [], [Insid3Error]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if cls.__module__ in ("core.errors", "core.serving") and cls not in (Insid3Error, BackendError):
+            found.append(cls)
+    return found
+
+
+@pytest.mark.parametrize("error", _concrete_errors(), ids=lambda cls: cls.__name__)
+def test_every_engine_and_serving_error_has_a_status_other_than_500(error):
+    assert status_of(error.__new__(error)) != 500  # status_of looks at the class only
