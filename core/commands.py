@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import InvalidInputError
-from core.settings import EngineSettings
+from core.settings import EngineSettings, Runtime
 from core.specs import MODEL_SIZES
 
 if TYPE_CHECKING:
@@ -84,7 +85,15 @@ def _make_checkpoint(args: argparse.Namespace) -> int:
 def _parity(args: argparse.Namespace) -> int:
     from core.parity import main as parity_main
 
-    return parity_main([str(args.directory)])
+    return parity_main([str(args.directory), "--runtime", args.runtime])
+
+
+def add_parity_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``insid3 parity`` (= ``python -m core.parity``)."""
+    parser.add_argument("directory", type=Path, help="a parity folder (backbone/, insid3/, or their parent): "
+                                                     "tests/parity, or the full set in ../shared/parity")
+    parser.add_argument("--runtime", default="torch", choices=typing.get_args(Runtime)[1:],
+                        help="encoder runtime for the backbone features (default: torch, the reference)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -113,5 +122,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     checkpoint.set_defaults(handler=_make_checkpoint)
 
     parity = subparsers.add_parser("parity", help="check this code against official golden data")
-    parity.add_argument("directory", type=Path)
+    add_parity_arguments(parity)
     parity.set_defaults(handler=_parity)

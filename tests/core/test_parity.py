@@ -42,7 +42,7 @@ def test_parity_runner_reports_a_changed_expected_mask(parity_dir: Path, tmp_pat
 def test_parity_runner_reports_a_changed_backbone_feature(parity_dir: Path, tmp_path: Path, capsys) -> None:
     for name in ("configs.json", "inputs.npz", "tiny_vits16.pth"):
         shutil.copy(parity_dir / "backbone" / name, tmp_path / name)
-    with np.load(parity_dir / "backbone" / "expected_vits16.npz") as data:  # two of its 19 features
+    with np.load(parity_dir / "backbone" / "expected_vits16.npz") as data:  # two of its features
         arrays = {key: data[key] for key in ("x224__n1", "x224__n1_cls")}
     arrays["x224__n1"] = arrays["x224__n1"] + 1e-3
     np.savez(tmp_path / "expected_vits16.npz", **arrays)
