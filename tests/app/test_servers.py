@@ -37,6 +37,8 @@ def test_missing_model_keeps_running_and_says_why(missing_model):
     reason = _settled_reason(missing_model)
     assert "dinov3_vits16_pretrain_lvd1689m-08c60483.pth" in reason and "pretrain" in reason
     assert "--weights" in reason  # how to get them
+    assert " https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/ " in reason  # the link whole
+    assert "/tmp" not in reason and "/home" not in reason  # while absolute paths are cut to their names
     for response in (
         segment(missing_model, [TARGET], {"reference_ids": "0" * 32}),
         create_reference(missing_model, REFERENCE),
