@@ -3,7 +3,9 @@ that holds nothing, another image size; and invalid settings on the command line
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -12,6 +14,7 @@ import pytest
 from app.dependencies import default_timeout
 from app.settings import Settings
 from core.startup import PROGRESS
+from insid3.cli import build_parser
 from insid3.cli import main as insid3
 from tests.app.conftest import in_process, tiny_args
 from tests.support.api import assert_error, create_reference, match, reference_id, segment
@@ -158,7 +161,17 @@ def test_a_deadline_raised_at_start_applies_unless_the_user_chose_one(monkeypatc
     assert default_timeout(Settings()) == 60.0
 
 
+def _every_parser(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _every_parser(sub)
+
+
 def test_options_are_never_abbreviated(capsys) -> None:
+    parsers = list(_every_parser(build_parser()))
+    assert len(parsers) > 10 and not any(parser.allow_abbrev for parser in parsers)
     with pytest.raises(SystemExit) as parsed:
         insid3(["serve", "--api-keys", "X"])  # not --api-keys-file X: keys come from INSID3_API_KEYS
     assert parsed.value.code == 2 and "unrecognized arguments: --api-keys X" in capsys.readouterr().err
