@@ -26,9 +26,12 @@ def serve(args: argparse.Namespace) -> int:
     import logging
 
     from app.auth import KeyRing
+    from core.startup import PROGRESS
 
     settings = Settings.from_args(args)
     keyring = KeyRing.of(settings)
+    if not settings.redis_url:  # the engine runs here: warm it up and check the deadline against it
+        PROGRESS.expect(settings.request_timeout_s, explicit="request_timeout_s" in settings.model_fields_set)
 
     import uvicorn
 

@@ -17,6 +17,7 @@ from app.masks import render_until
 from app.settings import Settings
 from core.memory import trim_heap
 from core.serving import DeadlineExceeded, InferenceBackend
+from core.startup import PROGRESS
 
 T = TypeVar("T")
 
@@ -53,8 +54,17 @@ def request_deadline(
     given = len(request.headers.getlist(TIMEOUT_HEADER))
     if given > 1:
         raise RequestValidationError([_repeated("header", TIMEOUT_HEADER, given)])
-    seconds = settings.request_timeout_s if timeout is None else min(timeout, settings.request_timeout_s)
+    limit = default_timeout(settings)
+    seconds = limit if timeout is None else min(timeout, limit)
     return time.time() + seconds
+
+
+def default_timeout(settings: Settings) -> float:
+    """``request_timeout_s`` as the user set it, else the default, or what the start's warm-up raised it to."""
+    raised = PROGRESS.deadline_s
+    if raised is None or "request_timeout_s" in settings.model_fields_set:
+        return settings.request_timeout_s
+    return raised
 
 
 DeadlineDep = Annotated[float, Depends(request_deadline)]

@@ -118,3 +118,7 @@ class Readiness(BaseModel):
     models: list[str] | None = Field(
         default=None, description="Redis mode: the models live workers serve, as model_id@image_size (several "
                                   "during a rolling upgrade: each reads only its own jobs).")
+    advice: str | None = Field(default=None, description="embedded mode, insid3 serve: one target's latency "
+                                                         "measured at start, and what it means for the deadline")
+    request_timeout_s: float = Field(description="the deadline a request gets (raised at start when unset and "
+                                                 "one target's latency needs more)")

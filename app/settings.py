@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from core.defaults import DEFAULT_REQUEST_TIMEOUT_S
 from core.settings import EngineSettings
 
 CommaList = Annotated[list[str], NoDecode]
@@ -32,7 +33,8 @@ class Settings(EngineSettings):
     max_shots: int = Field(default=16, ge=1, description="references per /segment request")
     max_points: int = Field(default=1024, ge=1, description="points per /match request")
     render_concurrency: int = Field(default=2, ge=1, description="response renderings at once (all formats)")
-    request_timeout_s: float = Field(default=60.0, gt=0, description="deadline of one request (504 after)")
+    request_timeout_s: float = Field(default=DEFAULT_REQUEST_TIMEOUT_S, gt=0, description="deadline of one request "
+                                     "(504 after); unset: raised at start when one target takes over a quarter of it")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503 for a full queue")
     reference_ttl_s: float = Field(default=86_400.0, ge=0, description="default lifetime; 0 = forever")
     inline_reference_ttl_s: float = Field(default=300.0, ge=0, description="lifetime of references uploaded "

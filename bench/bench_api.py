@@ -64,7 +64,8 @@ def _summary(name: str, samples_ms: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-size", default="small")
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--device", default="cpu")

@@ -95,7 +95,8 @@ def bench_size(n: int, channels: int, tau: float, repeats: int, seed: int) -> No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--channels", type=int, default=384)
     parser.add_argument("--tau", type=float, default=0.6)

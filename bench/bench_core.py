@@ -278,7 +278,7 @@ def _batching(weights: str, image_size: int = 512, count: int = 4) -> None:
 def main() -> None:
     from core.runtimes import RUNTIMES, runtime_version
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--runtime", nargs="+", choices=RUNTIMES, default=None,
                         help="engine runtimes to measure (default: torch and every installed one)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])

@@ -132,7 +132,7 @@ def make_data(workdir: Path, count: int) -> tuple[Path, tuple[Path, Path], list[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=4)

@@ -116,7 +116,7 @@ def measure(pid: int, url: str, reference_id: str, target: bytes, fmt: str, conc
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=7999)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--settle-s", type=float, default=3.0)

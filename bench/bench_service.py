@@ -214,7 +214,8 @@ def _wait_workers(redis_url: str | None, count: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per level")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time before each level")

@@ -6,7 +6,7 @@ every section on a tiny model in seconds: the test suite runs it so the script c
 
     .venv/bin/python bench/gpu_check.py [--device cuda] [--quick] [--out report.json]
 
-Sections: backbone parity on shared/parity, this device fp32 vs CPU fp32 (<= 1e-4); bf16 vs fp32
+Sections: backbone parity on tests/parity, this device fp32 vs CPU fp32 (<= 1e-4); bf16 vs fp32
 masks on random scenes (mean IoU, fraction identical); the device clustering kernel vs the CPU
 nearest-neighbour chain (identical partitions); encoder throughput per batch size; end-to-end
 1-shot targets/s with a cached reference; ``insid3 serve`` under concurrent clients (req/s,
@@ -48,7 +48,7 @@ from core.parity import BACKBONE_TOLERANCE, _backbone_model, same_partition  # n
 class Plan:
     """How big each section is."""
 
-    parity_inputs: tuple[str, ...]  # inputs of shared/parity/backbone/inputs.npz
+    parity_inputs: tuple[str, ...]  # inputs of tests/parity/backbone/inputs.npz
     model_size: str
     image_size: int
     mask_model: str
@@ -62,7 +62,7 @@ class Plan:
     seconds: float
 
 
-FULL = Plan(("x224", "x320x256", "x512", "xconst512"), "large", 1024, "large", 512, 50, (512, 1024), (1, 4, 8),
+FULL = Plan(("x224", "x320x256", "xconst512"), "large", 1024, "large", 512, 50, (512, 1024), (1, 4, 8),
             5, 32, 16, 30.0)
 QUICK = Plan(("x224",), "tiny", 128, "tiny", 128, 2, (128, 256), (1, 2), 1, 2, 2, 1.0)
 
@@ -253,10 +253,10 @@ def markdown(report: dict[str, object]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="a tiny model and a few scenes (seconds on a CPU)")
-    parser.add_argument("--parity-dir", type=Path, default=REPO_ROOT.parent / "shared" / "parity")
+    parser.add_argument("--parity-dir", type=Path, default=REPO_ROOT / "tests" / "parity")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL

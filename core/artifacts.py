@@ -36,10 +36,10 @@ _folder_keys_lock = threading.Lock()
 
 def make_atomic(path: Path, make: Callable[[Path], None]) -> None:
     """Make ``path`` with ``make(scratch)`` on a unique temporary file, flushed to disk and renamed into
-    place: readers (other processes sharing the folder too) see the old file or the whole new one."""
+    place: readers (other processes sharing the folder too) see the old file or the whole new one.
+    The file gets the permissions of any file this process writes (0644 under the usual umask 022)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        scratch = Path(handle.name)
+    scratch = _new_scratch(path.parent)
     try:
         make(scratch)
         with scratch.open("rb") as made:
@@ -47,6 +47,18 @@ def make_atomic(path: Path, make: Callable[[Path], None]) -> None:
         scratch.replace(path)
     finally:
         scratch.unlink(missing_ok=True)
+
+
+def _new_scratch(folder: Path) -> Path:
+    """A new empty file with a unique name in ``folder``, made with mode 0666 less the umask
+    (``tempfile`` would make it 0600, unreadable to another user, say a Triton container's)."""
+    while True:
+        scratch = folder / f"tmp{secrets.token_hex(8)}.tmp"
+        try:
+            os.close(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return scratch
+        except FileExistsError:
+            continue
 
 
 def write_atomic(path: Path, data: bytes) -> None:

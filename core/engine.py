@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import clustering, metrics, runtimes
+from core import clustering, metrics, runtimes, startup
 from core.backbone import Backbone, extract_features, load_backbone
 from core.cache import ReferenceCache, content_bytes, reference_key
 from core.debias import debias, load_or_build_basis, normalize_channels
@@ -121,8 +121,9 @@ class Insid3:
         device = resolve_device(chosen.device)
         dtype = resolve_precision(chosen.precision, device)
         cache_dir = Path(chosen.basis_cache_dir) if chosen.basis_cache_dir else None
-        backbone = load_backbone(spec, chosen.weights, chosen.weights_tag, Path(chosen.pretrain_dir),
-                                 cache_dir / "hashes" if cache_dir else None, device)
+        with startup.PROGRESS.phase("weights", f"{chosen.model_size}: find and hash the file"):
+            backbone = load_backbone(spec, chosen.weights, chosen.weights_tag, Path(chosen.pretrain_dir),
+                                     cache_dir / "hashes" if cache_dir else None, device)
         resolved = chosen.model_copy(update={  # what "unset" means for this backbone and device
             "svd_components": components,
             "encoder_batch_size": chosen.encoder_batch_size or (8 if device.type == "cuda" else 1),
@@ -130,24 +131,29 @@ class Insid3:
         engine = cls(backbone, torch.zeros(spec.embed_dim, 0), resolved, device, dtype,
                      ReferenceCache(chosen.cache_bytes))
         if device.type == "cpu":
-            clustering.warm_up()  # after the weights: a missing file is reported at once
+            with startup.PROGRESS.phase("clustering kernel", "compile, or load from numba's cache"):
+                clustering.warm_up()  # after the weights: a missing file is reported at once
         engine._prepare_encoder(chosen.runtime, cache_dir)
+        startup.PROGRESS.engine_built(engine)
         return engine
 
     def _prepare_encoder(self, runtime: str, cache_dir: Path | None) -> None:
         """Choose the encoder runtime, build or drop the torch model for it, and load its positional basis."""
         backbone = self.backbone
-        self.runtime = runtimes.choose_encoder(runtime, backbone, self.torch_features, self.device, self.dtype,
-                                               self.image_size, cache_dir / "encoders" if cache_dir else None)
+        with startup.PROGRESS.phase("encoder runtime", f"{runtime}: export, compile and parity probe, or the cache"):
+            self.runtime = runtimes.choose_encoder(runtime, backbone, self.torch_features, self.device, self.dtype,
+                                                   self.image_size, cache_dir / "encoders" if cache_dir else None)
         if self.runtime.name == "torch":
-            backbone.load()  # now: unusable weights are an error at start, not at the first request
+            with startup.PROGRESS.phase("torch model", "read the weights into the model"):
+                backbone.load()  # now: unusable weights are an error at start, not at the first request
         else:
             backbone.release()  # the exported encoder holds its own copy of the weights
         basis_tag = str(self.dtype).removeprefix("torch.") if self.runtime.name == "torch" else self.runtime.basis_tag
-        self.basis = load_or_build_basis(  # through the runtime whose features it debiases
-            cache_dir, f"{backbone.model_id}-{basis_tag}", self.image_size, self.options.svd_components,
-            self.encode_tensor,
-        ).to(self.device)
+        with startup.PROGRESS.phase("positional basis", f"{self.runtime.name}: the cache, or one encoder pass"):
+            self.basis = load_or_build_basis(  # through the runtime whose features it debiases
+                cache_dir, f"{backbone.model_id}-{basis_tag}", self.image_size, self.options.svd_components,
+                self.encode_tensor,
+            ).to(self.device)
 
     # ------------------------------------------------------------------------------- identity
 

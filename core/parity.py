@@ -10,7 +10,6 @@ model; the other backbone outputs (cls, storage, last four layers, un-normed) ex
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
@@ -25,7 +24,8 @@ import torch
 from core.backbone import create_model, load_state_dict_into, read_state_dict
 from core.debias import debias, normalize_channels, positional_basis
 from core.pipeline import downsample_mask, match_keypoints, segment_grid, upsample_mask
-from core.runtimes import RUNTIMES, export_onnx, load_session
+from core.runtimes import export_onnx, load_session
+from core.settings import CommandParser
 from core.specs import SPECS
 
 BACKBONE_TOLERANCE = 1e-4
@@ -219,10 +219,10 @@ def run(directory: Path, runtime: str = "torch") -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.parity", description=__doc__.splitlines()[0])
-    parser.add_argument("directory", type=Path, help="a parity folder (backbone/, insid3/, or their parent)")
-    parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
-                        help="encoder runtime for the backbone features (default: torch, the reference)")
+    from core.commands import add_parity_arguments
+
+    parser = CommandParser(prog="python -m core.parity", description=__doc__.splitlines()[0])
+    add_parity_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     failures = run(args.directory, args.runtime)

@@ -36,6 +36,15 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Runtime = Literal["auto", "torch", "onnxruntime", "openvino"]  # core.runtimes
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The parser of every command and sub-command: an option is only ever its full name, so
+    ``--api-keys X`` is never read as an abbreviation of ``--api-keys-file``. Sub-parsers inherit it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 class EngineOptions(BaseModel):
     """What builds an ``Insid3`` engine."""
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import InvalidInputError
-from core.settings import EngineSettings
+from core.settings import EngineSettings, Precision
 from evaluation.datasets import DATASET_NAMES, KEYPOINT, build_segmentation, folds_of
 
 if TYPE_CHECKING:
@@ -27,8 +28,10 @@ def register(subparsers: Any) -> None:
     folds.add_argument("--fold", type=int, default=None, help="fold to evaluate (default 0)")
     folds.add_argument("--all-folds", action="store_true", help="every fold, then their mean (the paper)")
     parser.add_argument("--shots", type=int, default=1, help="references per episode")
-    EngineSettings.add_arguments(parser)
-    parser.set_defaults(precision="fp32")  # the official evaluation runs the encoder in fp32
+    EngineSettings.add_arguments(parser, [name for name in EngineSettings.model_fields if name != "precision"])
+    parser.add_argument("--precision", default="fp32", choices=typing.get_args(Precision),
+                        help="encoder precision (default: fp32, as the official evaluation runs it, "
+                             "whatever INSID3_PRECISION says)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=1, help="episodes per engine batch")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N episodes")

@@ -15,6 +15,7 @@ from app import commands as app_commands
 from core import commands as core_commands
 from core import export as export_commands
 from core.errors import Insid3Error
+from core.settings import CommandParser
 from evaluation import commands as evaluation_commands
 from insid3.labelling import commands as labelling_commands
 from workers import commands as worker_commands
@@ -23,8 +24,8 @@ COMMANDS = (core_commands, export_commands, app_commands, worker_commands, evalu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(
+    """The full argument parser with every sub-command (no option abbreviations, sub-commands included)."""
+    parser = CommandParser(
         prog="insid3", description="Training-free in-context segmentation with a frozen DINOv3."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

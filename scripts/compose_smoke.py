@@ -249,7 +249,8 @@ def burst(api: httpx.Client, state: Path, after_kill: int, concurrency: int, gua
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--api", required=True)
     parser.add_argument("--prometheus", required=True)
     parser.add_argument("--grafana", help="Grafana's URL; leave out to skip Grafana")

@@ -25,6 +25,19 @@ command -v "$python" >/dev/null || python=python3
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # The service needs no extra; the tests also cover CRF refinement (crf compiles pydensecrf2).
-target="."
-$dev && target=".[crf,dev]"
-.venv/bin/pip install -q -e "$target"
+extras=()
+$dev && extras=(crf dev)
+if command -v nvidia-smi >/dev/null 2>&1 || [[ "${INSID3_CUDA:-}" == 1 ]]; then
+  target="."
+  $dev && target=".[crf,dev]"
+  .venv/bin/pip install -q -e "$target"
+else
+  # No NVIDIA GPU: torch without triton and cuda-bindings, which it never loads on the CPU (~1 GB;
+  # INSID3_CUDA=1 installs them anyway). See scripts/cpu_requirements.py.
+  mapfile -t stack < <(.venv/bin/python scripts/cpu_requirements.py stack)
+  .venv/bin/pip install -q --no-deps "${stack[@]}"
+  mapfile -t rest < <(.venv/bin/python scripts/cpu_requirements.py rest "${extras[@]}")
+  # pip's closing check would list the two left out as "not installed": expected, so not shown
+  .venv/bin/pip install -q "${rest[@]}" 2> >(grep -Ev "^(ERROR: pip's dependency resolver|torch .* requires)" >&2)
+  .venv/bin/pip install -q --no-deps -e . 2> >(grep -Ev "^(ERROR: pip's dependency resolver|torch .* requires)" >&2)
+fi

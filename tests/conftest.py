@@ -67,7 +67,7 @@ def warm_basis_cache(tiny_checkpoint: Path, basis_cache_dir: Path) -> Iterator[N
 
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
-    """The golden data of the official implementation (../shared/parity)."""
+    """The golden data of the official implementation (tests/parity, or INSID3_PARITY_DIR)."""
     if not PARITY_DIR.is_dir():
         pytest.fail(f"parity fixtures not found at {PARITY_DIR} (set INSID3_PARITY_DIR)")
     return PARITY_DIR

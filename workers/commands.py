@@ -49,13 +49,16 @@ def run_worker(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    from core.defaults import DEFAULT_REQUEST_TIMEOUT_S
     from core.engine import Insid3
+    from core.startup import PROGRESS
     from workers.connection import connect
     from workers.metrics import serve_http
     from workers.worker import Worker
 
     settings = WorkerSettings.from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
+    PROGRESS.expect(DEFAULT_REQUEST_TIMEOUT_S, explicit=True)  # the API's deadline: not this process's to raise
     engine = Insid3.build(settings)
     gc.collect()
     gc.freeze()  # the model's many long-lived objects out of the collector's way: no 100 ms+ gen-2 pauses

@@ -21,12 +21,12 @@ from core.types import MatchResult, ReferenceFeatures, SegmentationResult
 
 log = logging.getLogger("insid3.app")
 
-_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?(?:[/\\][^/\\\s'\"]+)+[/\\]([^/\\\s'\"]+)")
+_PATH = re.compile(r"(\b[a-z][a-z0-9+.-]*://\S+)|(?<![\w.~])(?:[A-Za-z]:)?(?:[/\\][^/\\\s'\"]+)+[/\\]([^/\\\s'\"]+)")
 
 
 def client_safe(reason: str) -> str:
-    """``reason`` with every absolute path cut to its file name (the full reason goes to the log)."""
-    return _PATH.sub(r"\1", reason)
+    """``reason`` with every absolute path cut to its file name (the full reason goes to the log); links stay whole."""
+    return _PATH.sub(lambda found: found[1] or found[2], reason)
 
 
 class EmbeddedBackend:

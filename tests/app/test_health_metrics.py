@@ -22,7 +22,8 @@ def value(samples: dict[str, float], name: str, **labels: str) -> float:
 
 def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"ready": True, "reason": None, "mode": "embedded", "models": None}
+    assert client.get("/readyz").json() == {"ready": True, "reason": None, "mode": "embedded", "models": None,
+                                            "advice": None, "request_timeout_s": 60.0}  # no warm-up in-process
 
 
 def test_metrics_move_after_traffic(client):

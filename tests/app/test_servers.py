@@ -3,10 +3,20 @@ that holds nothing, another image size; and invalid settings on the command line
 
 from __future__ import annotations
 
+import argparse
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
 import pytest
 
+from app.dependencies import default_timeout
+from app.settings import Settings
+from core.startup import PROGRESS
+from insid3.cli import build_parser
 from insid3.cli import main as insid3
-from tests.app.conftest import in_process
+from tests.app.conftest import in_process, tiny_args
 from tests.support.api import assert_error, create_reference, match, reference_id, segment
 from tests.support.fake_backend import FakeBackend
 from tests.support.images import REFERENCE, TARGET
@@ -37,6 +47,8 @@ def test_missing_model_keeps_running_and_says_why(missing_model):
     reason = _settled_reason(missing_model)
     assert "dinov3_vits16_pretrain_lvd1689m-08c60483.pth" in reason and "pretrain" in reason
     assert "--weights" in reason  # how to get them
+    assert " https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/ " in reason  # the link whole
+    assert "/tmp" not in reason and "/home" not in reason  # while absolute paths are cut to their names
     for response in (
         segment(missing_model, [TARGET], {"reference_ids": "0" * 32}),
         create_reference(missing_model, REFERENCE),
@@ -115,3 +127,54 @@ def test_invalid_settings_exit_with_a_message(monkeypatch, capsys):
     monkeypatch.setenv("INSID3_MAX_BATCH", "zero")
     assert insid3(["serve", "--port", "1"]) == 2
     assert "max_batch" in capsys.readouterr().err
+
+
+def test_a_start_narrates_its_phases_then_reports_the_warm_ups_latency(start_server, tiny_checkpoint: Path,
+                                                                      tmp_path: Path) -> None:
+    server = start_server(tiny_args(tiny_checkpoint), env={"INSID3_BASIS_CACHE_DIR": str(tmp_path / "cold")},
+                          ready=False)  # a cold cache: the encoder is exported, the basis computed
+    starting: list[dict] = []
+
+    def ready() -> dict | None:
+        server.process.check_alive()
+        response = httpx.get(f"{server.url}/readyz", timeout=30)
+        if response.status_code == 503 and "startup" in response.json():
+            starting.append(response.json())
+        return response.json() if response.status_code == 200 else None
+
+    answer = eventually(ready, what="the server to be ready")
+    assert starting, "no /readyz answer showed the start's progress"
+    first = starting[0]
+    assert first["error"] == "model_unavailable" and f"now: {first['startup']['phase']}" in first["detail"]
+    assert "one target took" in answer["advice"] and answer["request_timeout_s"] == 60.0
+    log = server.log()
+    for phase in ("weights", "clustering kernel", "encoder runtime", "positional basis", "warm-up"):
+        assert re.search(rf"insid3\.start: {phase} done in \d+\.\d s", log), phase
+    assert re.search(r"insid3\.start: ready in \d+\.\d s \(weights", log)
+
+
+def test_a_deadline_raised_at_start_applies_unless_the_user_chose_one(monkeypatch) -> None:
+    monkeypatch.setattr(PROGRESS, "deadline_s", 390.0)  # what a slow warm-up sets
+    assert default_timeout(Settings()) == 390.0
+    assert default_timeout(Settings(request_timeout_s=30.0)) == 30.0
+    monkeypatch.setattr(PROGRESS, "deadline_s", None)
+    assert default_timeout(Settings()) == 60.0
+
+
+def _every_parser(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _every_parser(sub)
+
+
+def test_options_are_never_abbreviated(capsys) -> None:
+    parsers = list(_every_parser(build_parser()))
+    assert len(parsers) > 10 and not any(parser.allow_abbrev for parser in parsers)
+    with pytest.raises(SystemExit) as parsed:
+        insid3(["serve", "--api-keys", "X"])  # not --api-keys-file X: keys come from INSID3_API_KEYS
+    assert parsed.value.code == 2 and "unrecognized arguments: --api-keys X" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        insid3(["serve", "--request-timeout", "5"])
+    assert "unrecognized arguments: --request-timeout 5" in capsys.readouterr().err

@@ -7,6 +7,7 @@ session's (same seed, same file name, so the same bytes): both commands start fr
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -55,9 +56,12 @@ def test_make_checkpoint_segment_and_match(tmp_path: Path, scene, tiny_checkpoin
     assert (tmp_path / "out" / "target_matches.png").is_file()
 
 
-def test_errors_are_one_clear_line_not_a_traceback(tmp_path: Path, capsys) -> None:
+def test_errors_are_one_clear_line_not_a_traceback(tmp_path: Path, capsys, monkeypatch) -> None:
     missing = tmp_path / "empty-pretrain"
     missing.mkdir()
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.png", "b.png", "c.png"):  # targets that exist: the weights are what is missing
+        (tmp_path / name).touch()
     assert insid3(["segment", "a.png", "b.png", "c.png", "--model-size", "small", "--device", "cpu",
                    "--pretrain-dir", str(missing)]) == 2
     err = capsys.readouterr().err
@@ -72,3 +76,34 @@ def test_errors_are_one_clear_line_not_a_traceback(tmp_path: Path, capsys) -> No
     with pytest.raises(SystemExit) as bad_point:
         insid3(["match", "a.png", "b.png", "--point", "oops"])
     assert bad_point.value.code == 2 and "X,Y" in capsys.readouterr().err
+
+
+def test_segment_takes_several_references_and_a_folder_of_targets(tmp_path: Path, scene, tiny_checkpoint: Path,
+                                                                   basis_cache_dir: Path, capsys) -> None:
+    image, mask = scene
+    for name, shift in (("ref1", 0), ("ref2", 30)):
+        Image.fromarray(np.roll(image, shift, axis=1)).save(tmp_path / f"{name}.png")
+        Image.fromarray(np.roll(mask, shift, axis=1).astype(np.uint8) * 255).save(tmp_path / f"{name}_mask.png")
+    folder = tmp_path / "targets"
+    folder.mkdir()
+    for name, shift in (("b", 10), ("a", 50)):
+        Image.fromarray(np.roll(image, shift, axis=1)).save(folder / f"{name}.jpg")
+    (folder / "notes.txt").write_text("not an image")  # left out: not an image file name
+    (folder / "c.png").write_bytes(b"broken")  # an image name that does not decode: its own failure
+    engine = ["--model-size", "tiny", "--weights", str(tiny_checkpoint), "--image-size", "64", "--device", "cpu",
+              "--basis-cache-dir", str(basis_cache_dir), "--out", str(tmp_path / "out")]
+    references = ["--reference", str(tmp_path / "ref1.png"), str(tmp_path / "ref1_mask.png"),
+                  "--reference", str(tmp_path / "ref2.png"), str(tmp_path / "ref2_mask.png")]
+    assert insid3(["segment", str(folder), *references, *engine]) == 1  # c.png failed
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [Path(line["target"]).name for line in lines] == ["a.jpg", "b.jpg", "c.png"]
+    assert lines[2]["error"] == "invalid_image" and "mask" not in lines[2]
+    assert (tmp_path / "out" / "a_mask.png").is_file() and (tmp_path / "out" / "b_overlay.png").is_file()
+    assert "[1/3] a.jpg" in captured.err and "[2/3] b.jpg" in captured.err  # progress
+
+    assert insid3(["segment", str(tmp_path / "ref1.png"), str(tmp_path / "ref1_mask.png"), str(folder / "a.jpg"),
+                   *engine]) == 0  # the 1-shot positional form still works
+    assert json.loads(capsys.readouterr().out)["area"] > 0
+    assert insid3(["segment", str(tmp_path / "missing.jpg"), *references, *engine]) == 2
+    assert "neither a file nor a folder" in capsys.readouterr().err

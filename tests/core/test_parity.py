@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from core.parity import run, same_partition
 
@@ -42,7 +43,7 @@ def test_parity_runner_reports_a_changed_expected_mask(parity_dir: Path, tmp_pat
 def test_parity_runner_reports_a_changed_backbone_feature(parity_dir: Path, tmp_path: Path, capsys) -> None:
     for name in ("configs.json", "inputs.npz", "tiny_vits16.pth"):
         shutil.copy(parity_dir / "backbone" / name, tmp_path / name)
-    with np.load(parity_dir / "backbone" / "expected_vits16.npz") as data:  # two of its 19 features
+    with np.load(parity_dir / "backbone" / "expected_vits16.npz") as data:  # two of its features
         arrays = {key: data[key] for key in ("x224__n1", "x224__n1_cls")}
     arrays["x224__n1"] = arrays["x224__n1"] + 1e-3
     np.savez(tmp_path / "expected_vits16.npz", **arrays)
@@ -55,3 +56,18 @@ def test_same_partition_ignores_numbering_but_not_grouping() -> None:
     assert same_partition(np.array([0, 0, 1, 2]), np.array([5, 5, 3, 9]))
     assert not same_partition(np.array([0, 0, 1, 2]), np.array([5, 5, 5, 9]))
     assert not same_partition(np.array([0, 1, 1, 2]), np.array([5, 5, 3, 9]))
+
+
+def test_insid3_parity_runs_the_backbone_features_through_a_chosen_runtime(parity_dir: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    from insid3.cli import main as insid3
+
+    with pytest.raises(SystemExit):
+        insid3(["parity", "--help"])
+    assert "--runtime {torch,onnxruntime,openvino}" in capsys.readouterr().out
+    for name in ("configs.json", "inputs.npz", "tiny_vits16.pth"):
+        shutil.copy(parity_dir / "backbone" / name, tmp_path / name)
+    with np.load(parity_dir / "backbone" / "expected_vits16.npz") as data:
+        np.savez(tmp_path / "expected_vits16.npz", x224__n1=data["x224__n1"] + 1e-3)  # a wrong expected feature
+    assert insid3(["parity", str(tmp_path), "--runtime", "onnxruntime"]) == 1
+    assert "x224__n1 (onnxruntime) max abs diff" in capsys.readouterr().out  # computed through that runtime

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +171,7 @@ def test_insid3_export_writes_a_triton_repository(tiny_checkpoint: Path, engines
     basis = np.load(tmp_path / "positional_basis.npy")
     torch_basis = engines["torch"].basis.numpy()
     assert np.abs(basis @ basis.T - torch_basis @ torch_basis.T).max() <= 1e-4
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for made in (tmp_path / manifest["model"], tmp_path / "positional_basis.npy", tmp_path / "insid3_export.json"):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o666 & ~umask, made  # readable like every other file

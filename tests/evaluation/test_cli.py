@@ -161,3 +161,12 @@ def test_missing_data_is_a_clear_error(
     assert f"missing folder {tmp_path / folder}" in err and "Traceback" not in err
     assert run_eval("--dataset", dataset, "--data-root", tmp_path / "nowhere") == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_eval_runs_fp32_by_default_and_its_help_says_so(capsys) -> None:
+    from insid3.cli import build_parser
+
+    assert build_parser().parse_args(["eval", "--dataset", "coco"]).precision == "fp32"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--help"])
+    assert "(default: fp32, as the official evaluation runs it" in " ".join(capsys.readouterr().out.split())

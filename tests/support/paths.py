@@ -1,4 +1,4 @@
-"""Where the repository and the shared golden data are."""
+"""Where the repository and the golden parity data are."""
 
 from __future__ import annotations
 
@@ -6,4 +6,4 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PARITY_DIR = Path(os.environ.get("INSID3_PARITY_DIR", REPO_ROOT.parent / "shared" / "parity"))
+PARITY_DIR = Path(os.environ.get("INSID3_PARITY_DIR", REPO_ROOT / "tests" / "parity"))  # the full set: ../shared/parity
