@@ -16,6 +16,8 @@ which then sees every reference (``UNGUARDED``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -42,6 +44,7 @@ KEY_TEXT = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no space, control or no
 FILE_FORMAT = "'TENANT KEY [admin]'"
 FIELD_SEPARATOR = re.compile(r"[ \t]+")
 HEADER = b"x-api-key"
+BASIC_AUTH_PREFIX = "/labelstudio"  # Label Studio sends an ML backend's credentials as HTTP basic auth
 RELOAD_CHECK_S = 1.0
 PRINCIPAL_SCOPE_KEY = "insid3.principal"
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
@@ -191,6 +194,28 @@ def _stamp(status: os.stat_result) -> tuple[int, int, int]:
     return status.st_ino, status.st_mtime_ns, status.st_size
 
 
+def basic_password(value: bytes) -> bytes | None:
+    """The password of an ``Authorization: Basic`` header value (None for anything else)."""
+    scheme, _, encoded = value.partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        _, sep, password = base64.b64decode(encoded.strip(), validate=True).partition(b":")
+    except (binascii.Error, ValueError):
+        return None
+    return password if sep else None
+
+
+def presented_key(scope: Scope) -> bytes | None:
+    """The API key of a request: its ``X-API-Key`` header, or under ``BASIC_AUTH_PREFIX`` also the
+    password of its basic credentials (the user name is not checked)."""
+    key = next((value for name, value in scope["headers"] if name == HEADER), None)
+    if key is None and scope["path"].startswith(BASIC_AUTH_PREFIX + "/"):
+        credentials = next((value for name, value in scope["headers"] if name == b"authorization"), None)
+        key = None if credentials is None else basic_password(credentials)
+    return key
+
+
 class AuthMiddleware:
     """401 (JSON) for a protected path without a valid key, from the headers alone; else the
     caller's ``Principal`` is put in the ASGI scope for ``TenantDep``."""
@@ -213,14 +238,17 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        key = next((value for name, value in scope["headers"] if name == HEADER), None)
-        principal = self.keyring.principal(key)
+        principal = self.keyring.principal(presented_key(scope))
         if principal is not None:
             scope[PRINCIPAL_SCOPE_KEY] = principal
         if path == "/metrics" and self.settings.metrics_auth == "admin":
             if principal is None or not principal.admin:
                 await _unauthorized(send, "an admin X-API-Key is required for /metrics (INSID3_METRICS_AUTH)")
                 return
+        elif principal is None and path.startswith(BASIC_AUTH_PREFIX + "/"):
+            await send_json_error(send, 401, "unauthorized", "basic auth whose password is a valid API key is "
+                                  "required", [(b"www-authenticate", b'Basic realm="insid3"')])
+            return
         elif principal is None and not self._public(path):
             await _unauthorized(send, "a valid X-API-Key header is required")
             return

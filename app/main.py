@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from app.auth import AuthMiddleware, KeyRing, api_key_header
 from app.dependencies import RenderSlots, reject_repeated_fields
 from app.errors import install_error_handlers
+from app.labelstudio.router import install as install_label_studio
 from app.metrics import MetricsMiddleware
 from app.middleware import BodyLimitMiddleware, DisconnectMiddleware, JsonCORSMiddleware
 from app.routes import health, match, metrics, page, references, segment
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, backend: InferenceBackend | Non
     auth = [Security(api_key_header)] if keyring.enabled else []  # documented only when enforced
     for module in (references, segment, match):
         app.include_router(module.router, dependencies=[*auth, Depends(reject_repeated_fields)])
+    install_label_studio(app, keyring.enabled)
     for module in (health, metrics, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -51,6 +51,10 @@ class Settings(EngineSettings):
     docs: Literal["public", "key", "off"] = Field("public", description="/docs, /redoc and /openapi.json")
     cors_origins: CommaList = Field(default_factory=list, description="empty: no CORS headers")
     log_level: str = Field("info", description="log level")
+    label_studio_url: str | None = Field(None, description="the Label Studio the /labelstudio backend reads "
+                                         "task images from (only from this host)")
+    label_studio_token: str | None = Field(None, description="its API token (legacy token or personal "
+                                           "access token) for reading images and setting the webhook's auth")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
