@@ -1,0 +1,234 @@
+"""The Label Studio ML backend (/labelstudio) at the protocol level, without Label Studio: the real
+app on the tiny checkpoint, two tenants, and task images served by a small local HTTP server
+standing in for Label Studio's file and webhook endpoints (scripts/labelstudio-e2e.sh runs the real one)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI, Request, Response
+from fastapi.testclient import TestClient
+from pycocotools import mask as coco_mask
+
+from app.labelstudio.brush import mask_to_rle, rle_to_mask
+from tests.app.conftest import in_process
+from tests.support.api import assert_error
+from tests.support.images import TARGET, TARGET_2, TWO_DISCS, disc_scene
+from tests.support.live_server import LiveServer
+from tests.support.net import eventually
+
+TOKEN = "studio-token-123"
+KEYS = {"alpha": "alpha-ls-key", "beta": "beta-ls-key"}
+CONFIG = ('<View><Image name="img" value="$image"/><BrushLabels name="brush" toName="img"><Label value="disc"/>'
+          '</BrushLabels><KeyPointLabels name="kp" toName="img"><Label value="centre"/></KeyPointLabels></View>')
+SCENES = {"a.png": disc_scene(21, 150, 200, [(70, 80, 30)]), "b.png": disc_scene(22, 160, 180, [(90, 100, 32)]),
+          "t.png": TARGET, "t2.png": TARGET_2, "two.png": TWO_DISCS}
+PROJECT = {"id": 7, "label_config": CONFIG}
+
+
+class Studio:
+    """Serves ``/data/upload/7/<name>`` to the token only, and a project webhook that records PATCHes."""
+
+    def __init__(self) -> None:
+        self.patches: list[dict] = []
+        app = FastAPI()
+
+        @app.get("/data/upload/7/{name}")
+        async def image(name: str, request: Request) -> Response:
+            if request.headers.get("authorization") != f"Token {TOKEN}":
+                return Response(status_code=401)
+            scene = SCENES.get(name)
+            return Response(scene.png, media_type="image/png") if scene else Response(status_code=404)
+
+        @app.get("/api/webhooks")
+        async def webhooks() -> list[dict]:
+            return [{"id": 3, "url": "http://insid3/labelstudio/webhook", "headers": {}}]
+
+        @app.patch("/api/webhooks/{number}")
+        async def patch(number: int, request: Request) -> dict:
+            self.patches.append(await request.json())
+            return {}
+
+        self.live = LiveServer(app).start(ready_path="/api/webhooks")
+
+
+@pytest.fixture(scope="module")
+def studio() -> Iterator[Studio]:
+    studio = Studio()
+    yield studio
+    studio.live.stop()
+
+
+@pytest.fixture(scope="module")
+def service(tiny_settings, studio: Studio) -> Iterator[TestClient]:
+    settings = tiny_settings(api_keys=[f"{tenant}:{key}" for tenant, key in KEYS.items()],
+                             label_studio_url=studio.live.url, label_studio_token=TOKEN)
+    with in_process(settings) as http:
+        yield http
+
+
+def auth(tenant: str = "alpha") -> tuple[str, str]:
+    return ("label-studio", KEYS[tenant])
+
+
+def task(number: int, name: str) -> dict:
+    return {"id": number, "data": {"image": f"/data/upload/7/{name}"}}
+
+
+def brush(mask: np.ndarray) -> dict:
+    height, width = mask.shape
+    return {"from_name": "brush", "to_name": "img", "type": "brushlabels", "original_width": width,
+            "original_height": height, "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["disc"]}}
+
+
+def annotate(http: TestClient, action: str, number: int, name: str, result: list[dict], tenant: str = "alpha") -> None:
+    answer = http.post("/labelstudio/webhook", auth=auth(tenant), json={
+        "action": action, "annotation": {"id": number, "task": number, "result": result},
+        "task": task(number, name), "project": PROJECT})
+    assert answer.status_code == 201, answer.text
+
+
+def examples(http: TestClient, tenant: str = "alpha") -> list[dict]:
+    items = http.get("/references", params={"limit": 1000}, headers={"X-API-Key": KEYS[tenant]}).json()["items"]
+    return [item for item in items if item["name"].startswith("labelstudio:7:")]
+
+
+def wait_examples(http: TestClient, count: int, kind: str = ":mask:") -> list[dict]:
+    return eventually(lambda: (found := [e for e in examples(http) if kind in e["name"]]) and len(found) == count
+                      and found, what=f"{count} examples")
+
+
+def predict(http: TestClient, tasks: list[dict], context: dict | None = None, config: str = CONFIG,
+            tenant: str = "alpha") -> httpx.Response:
+    return http.post("/labelstudio/predict", auth=auth(tenant), json={
+        "tasks": tasks, "project": "7.1700000000", "label_config": config,
+        "params": {"login": None, "password": None, "context": context}})
+
+
+def segment(http: TestClient, ids: list[str], name: str) -> np.ndarray:
+    answer = http.post("/segment", headers={"X-API-Key": KEYS["alpha"]}, data={"reference_ids": ",".join(ids)},
+                       files={"target": (name, SCENES[name].png, "image/png")})
+    rle = answer.json()["results"][0]["rle"]
+    return coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+
+
+def test_health_needs_basic_auth_with_an_api_key(service: TestClient) -> None:
+    assert service.get("/labelstudio/health", auth=auth()).json() == {"status": "UP", "model_class": "INSID3"}
+    missing = assert_error(service.get("/labelstudio/health"), 401, "unauthorized")
+    assert "basic auth" in missing["detail"]
+    assert service.get("/labelstudio/health").headers["www-authenticate"].startswith("Basic")
+    assert_error(service.get("/labelstudio/health", auth=("label-studio", "wrong")), 401)
+
+
+def test_setup_answers_a_version_and_gives_the_webhook_the_callers_credentials(service: TestClient,
+                                                                             studio: Studio) -> None:
+    answer = service.post("/labelstudio/setup", auth=auth("beta"),
+                          json={"project": "7.1700000000", "schema": CONFIG, "hostname": "x", "access_token": "y"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model_version"] == "insid3-no-examples"
+    assert studio.patches[-1]["headers"]["Authorization"] == httpx.BasicAuth(*auth("beta"))._auth_header
+
+
+@pytest.mark.parametrize(("config", "says"), [
+    ("<View><Text name='t' value='$t'/></View>", "no <Image"),
+    ("<View><Image name='i' value='$i'/><Choices name='c' toName='i'/></View>", "no BrushLabels"),
+    ("<View><Image", "not valid XML"),
+    ("", "no labeling config"),
+])
+def test_an_unusable_label_config_is_a_clear_422(service: TestClient, config: str, says: str) -> None:
+    body = assert_error(predict(service, [task(1, "t.png")], config=config), 422, "unsupported_label_config")
+    assert says in body["detail"]
+    assert_error(service.post("/labelstudio/setup", auth=auth(), json={"project": "7.1", "schema": config}), 422)
+
+
+@pytest.mark.parametrize(("image", "code"), [
+    ("http://elsewhere.example/a.png", "image_host_not_allowed"),
+    (None, "image_unavailable"),
+    ("/data/upload/7/missing.png", "image_unavailable"),
+])
+def test_an_unusable_task_image_is_a_clear_422(service: TestClient, image: str | None, code: str) -> None:
+    body = assert_error(predict(service, [{"id": 1, "data": {"image": image}}]), 422, code)
+    assert body["detail"]
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'{"tasks": []}', b'{"tasks": [1], "project": "x"}'])
+def test_malformed_requests_are_clear_422s(service: TestClient, body: bytes) -> None:
+    answer = service.post("/labelstudio/predict", auth=auth(), content=body,
+                          headers={"content-type": "application/json"})
+    assert_error(answer, 422)
+
+
+def test_annotations_become_examples_and_predictions_equal_segment(service: TestClient) -> None:
+    annotate(service, "ANNOTATION_CREATED", 101, "a.png", [brush(SCENES["a.png"].mask)])
+    annotate(service, "ANNOTATION_CREATED", 102, "b.png", [brush(SCENES["b.png"].mask)])
+    ids = sorted(example["reference_id"] for example in wait_examples(service, 2))
+    assert examples(service, "beta") == []  # another tenant sees none of them
+
+    answer = predict(service, [task(1, "t.png"), task(2, "t2.png"), task(3, "two.png")])
+    assert answer.status_code == 200, answer.text
+    version = service.post("/labelstudio/setup", auth=auth(), json={"project": "7.1", "schema": CONFIG}).json()
+    for prediction, name in zip(answer.json()["results"], ["t.png", "t2.png", "two.png"], strict=True):
+        [result] = prediction["result"]
+        assert (result["type"], result["from_name"], result["to_name"]) == ("brushlabels", "brush", "img")
+        assert result["value"]["brushlabels"] == ["disc"]
+        mask = rle_to_mask(result["value"]["rle"], result["original_width"], result["original_height"])
+        assert np.array_equal(mask, segment(service, ids, name))
+        assert prediction["model_version"] == version["model_version"] != "insid3-no-examples"
+        assert 0 < prediction["score"] <= 1
+
+    other = predict(service, [task(1, "t.png")], tenant="beta").json()["results"][0]
+    assert other["result"] == []  # beta's project 7 has no examples
+
+
+def test_an_update_replaces_and_a_deletion_removes_the_example(service: TestClient) -> None:
+    mask = SCENES["a.png"].mask
+    annotate(service, "ANNOTATION_CREATED", 201, "a.png", [brush(mask)])
+    before = {e["reference_id"] for e in examples(service) if ":201:" in e["name"]}
+    half = mask & (np.arange(mask.shape[1])[None, :] < 80)
+    annotate(service, "ANNOTATION_UPDATED", 201, "a.png", [brush(half)])
+    after = eventually(lambda: (ids := {e["reference_id"] for e in examples(service) if ":201:" in e["name"]})
+                       and ids != before and ids, what="the updated example")
+    assert len(after) == 1 and not after & before
+    answer = service.post("/labelstudio/webhook", auth=auth(),
+                          json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 201}], "project": PROJECT})
+    assert answer.status_code == 201
+    eventually(lambda: not [e for e in examples(service) if ":201:" in e["name"]], what="the example removed")
+
+
+def test_keypoints_are_matched_onto_other_tasks(service: TestClient) -> None:
+    point = {"from_name": "kp", "to_name": "img", "type": "keypointlabels", "original_width": 200,
+             "original_height": 150, "value": {"x": 40.0, "y": 46.0, "width": 1, "keypointlabels": ["centre"]}}
+    annotate(service, "ANNOTATION_CREATED", 301, "a.png", [point])
+    wait_examples(service, 1, ":points:")
+    [prediction] = predict(service, [task(1, "t.png")]).json()["results"]
+    [matched] = [r for r in prediction["result"] if r["type"] == "keypointlabels"]
+    assert matched["value"]["keypointlabels"] == ["centre"]
+    assert 0 <= matched["value"]["x"] <= 100 and 0 <= matched["value"]["y"] <= 100
+    assert (matched["original_width"], matched["original_height"]) == (180, 150)
+
+
+def test_an_interactive_stroke_is_the_tasks_own_example(service: TestClient) -> None:
+    stroke = TWO_DISCS.mask & (np.arange(TWO_DISCS.mask.shape[1])[None, :] < 120)  # the left disc only
+    answer = predict(service, [task(3, "two.png")], context={"result": [brush(stroke)]})
+    assert answer.status_code == 200, answer.text
+    [result] = [r for r in answer.json()["results"][0]["result"] if r["type"] == "brushlabels"]
+    mask = rle_to_mask(result["value"]["rle"], result["original_width"], result["original_height"])
+    assert mask.any()
+
+
+def test_one_bad_task_of_a_batch_is_its_own_entry(service: TestClient) -> None:
+    answer = predict(service, [task(1, "t.png"), {"id": 9, "data": {"image": "http://elsewhere.example/x.png"}}])
+    assert answer.status_code == 200, answer.text
+    good, bad = answer.json()["results"]
+    assert "result" in good
+    assert "result" not in bad and bad["error"] == "image_host_not_allowed" and bad["task"] == 9
+
+
+def test_other_events_are_acknowledged(service: TestClient) -> None:
+    answer = service.post("/labelstudio/webhook", auth=auth(), json={"action": "PROJECT_UPDATED", "project": PROJECT})
+    assert answer.status_code == 200 and answer.json()["status"] == "Unknown event"
+    assert_error(service.post("/labelstudio/webhook", auth=auth(), json={"action": "ANNOTATION_CREATED"}), 422)
+    assert service.post("/labelstudio/train", auth=auth(), json={}).json() == {"status": "ok"}
