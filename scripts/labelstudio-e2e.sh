@@ -20,7 +20,12 @@ if [[ ! -f $venv/.insid3-complete ]]; then
   echo "labelstudio-e2e: installing Label Studio into $venv (once, ~1 GB)"
   rm -rf "$venv"
   "$base_python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'label-studio>=1.23,<1.24' 'label-studio-sdk>=2,<3'
+  if ! "$venv/bin/pip" install --disable-pip-version-check 'label-studio>=1.23,<1.24' 'label-studio-sdk>=2,<3' \
+      >"$venv/install.log" 2>&1; then
+    tail -n 30 "$venv/install.log"
+    echo "labelstudio-e2e: installing Label Studio failed (log: $venv/install.log)"
+    exit 1
+  fi
   touch "$venv/.insid3-complete"
 fi
 

@@ -30,8 +30,8 @@ from bench.scenes import free_port, png, wait_ready
 ROOT = Path(__file__).resolve().parent.parent
 LABEL_CONFIG = """<View>
   <Image name="image" value="$image"/>
-  <BrushLabels name="mask" toName="image"><Label value="disc" background="#ff3366"/></BrushLabels>
-  <KeyPointLabels name="point" toName="image"><Label value="centre" background="#33ccff"/></KeyPointLabels>
+  <BrushLabels name="mask" toName="image"><Label value="disc" background="#00ff66"/></BrushLabels>
+  <KeyPointLabels name="point" toName="image"><Label value="centre" background="#ffee00"/></KeyPointLabels>
 </View>"""
 DISCS = [(60, 70, 26), (90, 150, 30), (70, 110, 24), (100, 60, 28), (60, 170, 25), (95, 100, 27)]
 HEIGHT, WIDTH = 160, 220
@@ -95,14 +95,15 @@ def start_label_studio(binary: str, work: Path, port: int, token: str, password:
                   "--internal-host", "127.0.0.1"], env, work / "label-studio.log")
 
 
-def start_service(work: Path, port: int, ls_port: int, ls_token: str, keys: dict[str, str]) -> subprocess.Popen:
-    checkpoint = work / "random_vits16.pth"
-    subprocess.run([sys.executable, "-m", "insid3", "make-checkpoint", "--model-size", "small", "--out",
+def start_service(work: Path, port: int, ls_port: int, ls_token: str, keys: dict[str, str],
+                  model_size: str) -> subprocess.Popen:
+    checkpoint = work / f"random_{model_size}.pth"
+    subprocess.run([sys.executable, "-m", "insid3", "make-checkpoint", "--model-size", model_size, "--out",
                     str(checkpoint)], check=True, stdout=subprocess.DEVNULL)
     env = {"INSID3_API_KEYS": ",".join(f"{tenant}:{key}" for tenant, key in keys.items()),
            "INSID3_LABEL_STUDIO_URL": f"http://127.0.0.1:{ls_port}", "INSID3_LABEL_STUDIO_TOKEN": ls_token,
            "INSID3_PRETRAIN_DIR": str(work / "pretrain"), "PYTHONPATH": str(ROOT)}
-    return start([sys.executable, "-m", "insid3", "serve", "--port", str(port), "--model-size", "small",
+    return start([sys.executable, "-m", "insid3", "serve", "--port", str(port), "--model-size", model_size,
                   "--weights", str(checkpoint), "--image-size", "224", "--device", "cpu", "--runtime", "torch"],
                  env, work / "serve.log")
 
@@ -204,6 +205,8 @@ class Scenario:
             self.checks.check(mask.shape == expected.shape and bool((mask == expected).all()),
                               f"{what}: task {index}'s mask equals POST /segment pixel for pixel "
                               f"({int(mask.sum())} px)", f"{int((mask != expected).sum())} pixels differ")
+            self.checks.check(0 < mask.sum() < mask.size, f"{what}: task {index}'s mask is neither empty nor "
+                              "the whole image", int(mask.sum()))
 
     def setup_version(self) -> str:
         answer = httpx.post(f"{self.service_url}/labelstudio/setup", auth=("insid3", self.keys["alpha"]),
@@ -277,12 +280,14 @@ class Scenario:
 def screenshot(ls_url: str, password: str, project: int, task: int, out: Path) -> None:
     """Label Studio in headless Chromium: log in, open a task with predictions, save a PNG."""
     from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"  # Debian's chromium and chromedriver (scripts/setup.sh --dev)
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(options=options)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path="/usr/bin/chromedriver"))
     try:
         driver.get(f"{ls_url}/user/login/")
         driver.find_element(By.NAME, "email").send_keys("annotator@example.com")
@@ -300,6 +305,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label-studio", required=True, help="the label-studio executable")
     parser.add_argument("--screenshot", type=Path, help="also save a screenshot of a predicted task here")
+    parser.add_argument("--model-size", default="tiny", help="of the random checkpoint (default tiny: a shrunk "
+                        "ViT-S/16; a random full ViT-S masks whole images, which makes the comparison vacuous)")
     args = parser.parse_args()
     checks = Checks()
     keys = {"alpha": secrets.token_urlsafe(16), "beta": secrets.token_urlsafe(16)}
@@ -309,7 +316,7 @@ def main() -> int:
         work = Path(folder)
         processes = [start_label_studio(args.label_studio, work, ls_port, ls_token, password)]
         try:
-            processes.append(start_service(work, port, ls_port, ls_token, keys))
+            processes.append(start_service(work, port, ls_port, ls_token, keys, args.model_size))
             ls_url, service_url = f"http://127.0.0.1:{ls_port}", f"http://127.0.0.1:{port}"
             wait_for(lambda: _answers(f"{ls_url}/health"), "Label Studio to start", 300)
             if not wait_ready(service_url, processes[1]):
