@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
-from pycocotools import mask as coco_mask
 
 from app.labelstudio.brush import mask_to_rle, rle_to_mask
 from tests.app.conftest import in_process
-from tests.support.api import assert_error
+from tests.support.api import assert_error, decode_rle
 from tests.support.images import TARGET, TARGET_2, TWO_DISCS, disc_scene
 from tests.support.live_server import LiveServer
 from tests.support.net import eventually
@@ -111,8 +110,7 @@ def predict(http: TestClient, tasks: list[dict], context: dict | None = None, co
 def segment(http: TestClient, ids: list[str], name: str) -> np.ndarray:
     answer = http.post("/segment", headers={"X-API-Key": KEYS["alpha"]}, data={"reference_ids": ",".join(ids)},
                        files={"target": (name, SCENES[name].png, "image/png")})
-    rle = answer.json()["results"][0]["rle"]
-    return coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+    return decode_rle(answer.json()["results"][0]["rle"])
 
 
 def test_health_needs_basic_auth_with_an_api_key(service: TestClient) -> None:
