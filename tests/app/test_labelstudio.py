@@ -1,23 +1,27 @@
 """The Label Studio ML backend (/labelstudio) at the protocol level, without Label Studio: the real
-app on the tiny checkpoint, two tenants, and task images served by a small local HTTP server
-standing in for Label Studio's file and webhook endpoints (scripts/labelstudio-e2e.sh runs the real one)."""
+app on the tiny checkpoint in both serving modes, two tenants, and task images served by a small
+local HTTP server standing in for Label Studio's file and webhook endpoints
+(scripts/labelstudio-e2e.sh runs the real Label Studio)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import numpy as np
 import pytest
+import redis
 from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 
 from app.labelstudio.brush import mask_to_rle, rle_to_mask
-from tests.app.conftest import in_process
+from tests.app.conftest import in_process, tiny_args
 from tests.support.api import assert_error, decode_rle
 from tests.support.images import TARGET, TARGET_2, TWO_DISCS, disc_scene
 from tests.support.live_server import LiveServer
 from tests.support.net import eventually
+from tests.support.processes import Process
 
 TOKEN = "studio-token-123"
 KEYS = {"alpha": "alpha-ls-key", "beta": "beta-ls-key"}
@@ -26,6 +30,7 @@ CONFIG = ('<View><Image name="img" value="$image"/><BrushLabels name="brush" toN
 SCENES = {"a.png": disc_scene(21, 150, 200, [(70, 80, 30)]), "b.png": disc_scene(22, 160, 180, [(90, 100, 32)]),
           "t.png": TARGET, "t2.png": TARGET_2, "two.png": TWO_DISCS}
 PROJECT = {"id": 7, "label_config": CONFIG}
+DATABASE = "/13"  # a database of the session's redis-server that no other test area uses
 
 
 class Studio:
@@ -61,12 +66,24 @@ def studio() -> Iterator[Studio]:
     studio.live.stop()
 
 
-@pytest.fixture(scope="module")
-def service(tiny_settings, studio: Studio) -> Iterator[TestClient]:
-    settings = tiny_settings(api_keys=[f"{tenant}:{key}" for tenant, key in KEYS.items()],
-                             label_studio_url=studio.live.url, label_studio_token=TOKEN)
-    with in_process(settings) as http:
-        yield http
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def service(request, tiny_settings, tiny_checkpoint, studio: Studio, tmp_path_factory) -> Iterator[TestClient]:
+    """The app in either serving mode (Redis: through a real ``insid3 worker`` on its own database)."""
+    settings = {"api_keys": [f"{tenant}:{key}" for tenant, key in KEYS.items()],
+                "label_studio_url": studio.live.url, "label_studio_token": TOKEN}
+    if request.param == "embedded":
+        with in_process(tiny_settings(**settings)) as http:
+            yield http
+        return
+    url = urlunsplit(urlsplit(request.getfixturevalue("redis_url"))._replace(path=DATABASE))
+    redis.Redis.from_url(url).flushdb()
+    worker = Process.insid3(["worker", "--redis-url", url, *tiny_args(tiny_checkpoint)],
+                            tmp_path_factory.mktemp("worker") / "worker.log")
+    try:
+        with in_process(tiny_settings(redis_url=url, **settings)) as http:
+            yield http
+    finally:
+        worker.stop()
 
 
 def auth(tenant: str = "alpha") -> tuple[str, str]:
@@ -92,7 +109,7 @@ def annotate(http: TestClient, action: str, number: int, name: str, result: list
 
 def examples(http: TestClient, tenant: str = "alpha") -> list[dict]:
     items = http.get("/references", params={"limit": 1000}, headers={"X-API-Key": KEYS[tenant]}).json()["items"]
-    return [item for item in items if item["name"].startswith("labelstudio:7:")]
+    return [item for item in items if (item["name"] or "").startswith("labelstudio:7:")]
 
 
 def wait_examples(http: TestClient, count: int, kind: str = ":mask:") -> list[dict]:
@@ -230,3 +247,25 @@ def test_other_events_are_acknowledged(service: TestClient) -> None:
     assert answer.status_code == 200 and answer.json()["status"] == "Unknown event"
     assert_error(service.post("/labelstudio/webhook", auth=auth(), json={"action": "ANNOTATION_CREATED"}), 422)
     assert service.post("/labelstudio/train", auth=auth(), json={}).json() == {"status": "ok"}
+
+
+POLYGON_CONFIG = ('<View><Image name="img" value="$image"/><PolygonLabels name="poly" toName="img">'
+                  '<Label value="blob"/></PolygonLabels></View>')
+
+
+def test_polygons_are_examples_and_a_polygon_only_label_is_predicted_as_polygons(service: TestClient) -> None:
+    outline = [[25.0, 26.7], [55.0, 26.7], [55.0, 66.7], [25.0, 66.7]]  # a box around a.png's disc, in %
+    region = {"from_name": "poly", "to_name": "img", "type": "polygonlabels", "original_width": 200,
+              "original_height": 150, "value": {"points": outline, "polygonlabels": ["blob"]}}
+    answer = service.post("/labelstudio/webhook", auth=auth(), json={
+        "action": "ANNOTATION_CREATED", "annotation": {"id": 401, "result": [region]},
+        "task": task(401, "a.png"), "project": {"id": 7, "label_config": POLYGON_CONFIG}})
+    assert answer.status_code == 201
+    eventually(lambda: [e for e in examples(service) if e["name"] == "labelstudio:7:401:mask:blob"],
+               what="the polygon example")
+    [prediction] = predict(service, [task(1, "t.png")], config=POLYGON_CONFIG).json()["results"]
+    assert prediction["result"], prediction
+    for result in prediction["result"]:
+        assert (result["type"], result["value"]["polygonlabels"]) == ("polygonlabels", ["blob"])
+        assert len(result["value"]["points"]) >= 3
+        assert all(0 <= coordinate <= 100 for point in result["value"]["points"] for coordinate in point)
