@@ -4,8 +4,9 @@ Starts Label Studio (from ``--label-studio``, offline, on loopback, a fresh data
 ``insid3 serve`` with a random ViT-S and API keys of two tenants; creates a project (Image +
 BrushLabels + KeyPointLabels), imports disc scenes, connects the backend with basic auth, annotates
 two tasks through Label Studio's API, retrieves predictions for the others and compares them with
-``POST /segment``; then tenant isolation, an update, a deletion, an interactive prediction and bad
-payloads. Prints one line per check; the last line is ``labelstudio-e2e: N checks passed``.
+``POST /segment``; then tenant isolation, an update, a deletion, an interactive prediction, a
+resync by "Start training" and bad payloads. Prints one line per check; the last line is
+``labelstudio-e2e: N checks passed``.
 """
 
 from __future__ import annotations
@@ -235,6 +236,7 @@ class Scenario:
                           "predictions carry the current model_version", version)
         self.update_and_delete(first, second, version)
         self.interactive()
+        self.resync()
         self.bad_payloads()
 
     def update_and_delete(self, first: int, second: int, version: str) -> None:
@@ -258,6 +260,14 @@ class Scenario:
         brushes = [r for r in data.get("result", []) if r["type"] == "brushlabels"]
         self.checks.check(answer.status_code == 200 and len(brushes) == 1,
                           "interactive pre-annotation: a stroke gives a brush mask", answer.text[:300])
+
+    def resync(self) -> None:
+        [example] = self.mask_examples()
+        self.api("alpha").delete(f"/references/{example['reference_id']}").raise_for_status()
+        self.ls.post(f"/api/ml/{self.backend}/train", json={}).raise_for_status()
+        back = wait_for(self.mask_examples, "the example made again")
+        self.checks.check([item["reference_id"] for item in back] == [example["reference_id"]],
+                          "Start training made a lost example again", back)
 
     def bad_payloads(self) -> None:
         auth = ("insid3", self.keys["alpha"])

@@ -109,6 +109,15 @@ class LabelStudio:
             raise ImageUnavailable(f"task image {url} is over {self._max_bytes} bytes (INSID3_MAX_UPLOAD_BYTES)")
         return response.content
 
+    async def annotated_tasks(self, project: str) -> list[dict]:
+        """Every task of the project that has annotations, with them (Label Studio's JSON export)."""
+        answer = await self._call("GET", f"/api/projects/{project}/export",
+                                  params={"exportType": "JSON", "download_all_tasks": "false"})
+        tasks = answer.json() if answer.status_code == 200 else None
+        if not isinstance(tasks, list):
+            raise LabelStudioUnreachable(f"Label Studio answered {answer.status_code} exporting project {project}")
+        return tasks
+
     async def authorize_webhook(self, project: str, authorization: str) -> bool:
         """Give the project's webhooks to this backend (``.../labelstudio/webhook``) the caller's
         ``Authorization`` header, so that annotation events reach its tenant. False when no token

@@ -18,7 +18,7 @@ from app.labelstudio.config import parse_label_config
 from app.labelstudio.examples import model_version, project_examples
 from app.labelstudio.predict import predict, project_id
 from app.labelstudio.remote import LabelStudio, LabelStudioUnreachable
-from app.labelstudio.sync import CHANGED, DELETED, Event, ExampleSync
+from app.labelstudio.sync import CHANGED, DELETED, RESYNC, Event, ExampleSync
 from core.errors import InvalidInputError
 
 log = logging.getLogger("insid3.labelstudio")
@@ -97,8 +97,11 @@ async def webhook(body: BodyDep, caller: TenantDep, sync: Annotated[ExampleSync,
     """Annotations created, updated and deleted become, change and remove the project's examples
     (queued, applied in order); other events are acknowledged and ignored."""
     action = body.get("action")
-    if action not in (*CHANGED, DELETED):
+    if action not in (*CHANGED, DELETED, RESYNC):
         return JSONResponse({"status": "Unknown event", "action": action}, status_code=200)
+    if action == RESYNC and isinstance(body.get("project"), dict) and str(body["project"].get("id")).isdigit():
+        sync.submit(Event(caller.tenant, RESYNC, {"project": body["project"]}))
+        return {"status": "ok", "queued": True}
     if not isinstance(body.get("project"), dict) or not _annotation_ids(body):
         raise InvalidInputError(f"a {action} webhook needs 'project' and the annotation(s) with their ids "
                                 "(the webhook's send_payload on)")
@@ -106,10 +109,16 @@ async def webhook(body: BodyDep, caller: TenantDep, sync: Annotated[ExampleSync,
     return {"status": "ok", "queued": True}
 
 
-@router.post("/train", responses=error_responses(401), summary="Label Studio: train (nothing to train)")
-async def train() -> dict[str, str]:
-    """INSID3 is training-free: every annotation is an example as soon as it is saved."""
-    return {"status": "ok"}
+@router.post("/train", responses=error_responses(401, 422), summary="Label Studio: train (resynchronise)")
+async def train(body: BodyDep, caller: TenantDep, sync: Annotated[ExampleSync, Depends(example_sync)]) -> Any:
+    """Nothing to train: the annotated tasks sent make the project's examples again (a resync)."""
+    project = {"id": project_id(body.get("project")), "label_config": body.get("label_config")}
+    parse_label_config(project["label_config"])
+    tasks = body.get("annotations")
+    if not isinstance(tasks, list) or not all(isinstance(task, dict) for task in tasks):
+        raise InvalidInputError("'annotations' must be the list of annotated tasks")
+    sync.submit(Event(caller.tenant, RESYNC, {"project": project, "tasks": tasks}))
+    return {"status": "ok", "queued": True}
 
 
 async def _unreachable(request: Request, exc: Exception) -> JSONResponse:

@@ -27,6 +27,7 @@ log = logging.getLogger("insid3.labelstudio")
 
 CHANGED = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 DELETED = "ANNOTATIONS_DELETED"
+RESYNC = "START_TRAINING"  # "Start training": the project's examples made again from all its annotations
 MAX_PENDING = 1000
 
 
@@ -57,10 +58,6 @@ class ExampleSync:
         if self._consumer is None or self._consumer.done():
             self._consumer = asyncio.get_running_loop().create_task(self._consume())
 
-    async def idle(self) -> None:
-        """Wait until every queued event is applied."""
-        await self._queue.join()
-
     async def _consume(self) -> None:
         while True:
             event = await self._queue.get()
@@ -75,6 +72,9 @@ class ExampleSync:
 
     async def apply(self, event: Event) -> None:
         project = str((event.payload.get("project") or {}).get("id", ""))
+        if event.action == RESYNC:
+            await self._resync(event.tenant, project, event.payload)
+            return
         if event.action == DELETED:
             for annotation in event.payload.get("annotations") or []:
                 await self._replace(event.tenant, project, int(annotation["id"]), set())
@@ -104,6 +104,25 @@ class ExampleSync:
             self._backend.create_reference(image, mask, name, 0.0, deadline, tenant=tenant) for mask, name in uploads
         ))
         return {record.reference_id for record, _ in records}
+
+    async def _resync(self, tenant: str, project: str, payload: dict) -> None:
+        """Every annotation of the project's tasks (``payload["tasks"]``, else read from Label Studio)
+        made an example again; examples of annotations that no longer exist are deleted."""
+        tasks = payload.get("tasks")
+        if not isinstance(tasks, list):
+            async with LabelStudio(self._settings.label_studio_url, self._settings.label_studio_token,
+                                   self._settings.max_upload_bytes) as studio:
+                tasks = await studio.annotated_tasks(project)
+        keep: set[str] = set()
+        for task in tasks:
+            for annotation in task.get("annotations") or []:
+                if not annotation.get("was_cancelled"):
+                    keep |= await self._examples_of(tenant, project, annotation, {**payload, "task": task})
+        for example in await project_examples(self._backend, tenant, project):
+            if example.reference_id not in keep:
+                with contextlib.suppress(ReferenceNotFound):
+                    await self._backend.delete_reference(example.reference_id, tenant=tenant)
+        log.info("Label Studio project %s resynchronised: %d examples", project, len(keep))
 
     async def _replace(self, tenant: str, project: str, annotation: int, keep: set[str]) -> None:
         """Forget the annotation's examples other than ``keep``."""

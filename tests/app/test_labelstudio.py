@@ -246,7 +246,22 @@ def test_other_events_are_acknowledged(service: TestClient) -> None:
     answer = service.post("/labelstudio/webhook", auth=auth(), json={"action": "PROJECT_UPDATED", "project": PROJECT})
     assert answer.status_code == 200 and answer.json()["status"] == "Unknown event"
     assert_error(service.post("/labelstudio/webhook", auth=auth(), json={"action": "ANNOTATION_CREATED"}), 422)
-    assert service.post("/labelstudio/train", auth=auth(), json={}).json() == {"status": "ok"}
+    assert_error(service.post("/labelstudio/train", auth=auth(), json={}), 422)
+
+
+def test_training_makes_the_examples_again_from_the_annotations_sent(service: TestClient) -> None:
+    annotate(service, "ANNOTATION_CREATED", 501, "a.png", [brush(SCENES["a.png"].mask)])
+    [lost] = eventually(lambda: [e for e in examples(service) if ":501:" in e["name"]], what="the example")
+    service.delete(f"/references/{lost['reference_id']}", headers={"X-API-Key": KEYS["alpha"]})
+    annotated = [{**task(501, "a.png"), "annotations": [{"id": 501, "result": [brush(SCENES["a.png"].mask)]}]}]
+    answer = service.post("/labelstudio/train", auth=auth(), json={
+        "annotations": annotated, "project": "7.1700000000", "label_config": CONFIG})
+    assert answer.status_code == 200, answer.text
+    back = eventually(lambda: {e["reference_id"] for e in examples(service) if ":501:" in e["name"]},
+                      what="the example made again")
+    assert back == {lost["reference_id"]}
+    eventually(lambda: {e["name"].split(":")[2] for e in examples(service)} == {"501"},
+               what="the examples of annotations not sent deleted")
 
 
 POLYGON_CONFIG = ('<View><Image name="img" value="$image"/><PolygonLabels name="poly" toName="img">'
