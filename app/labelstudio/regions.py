@@ -73,6 +73,17 @@ def _mask(result: dict, kind: str, width: int, height: int) -> np.ndarray:
         raise InvalidInputError(f"a {kind} region without a usable value ({type(exc).__name__}: {exc})") from None
 
 
+def _keypoint(value: dict, width: int, height: int) -> tuple[float, float]:
+    """A keypoint's pixel, kept inside the image."""
+    try:
+        x, y = float(value["x"]) * width / 100, float(value["y"]) * height / 100
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise ValueError("not finite")
+    except (KeyError, TypeError, ValueError):
+        raise InvalidInputError("a keypointlabels region without finite numeric x and y") from None
+    return min(max(x, 0.0), width - 1.0), min(max(y, 0.0), height - 1.0)
+
+
 def read_regions(results: object) -> Regions:
     """Brush, polygon and rectangle regions as one mask per label; keypoints as pixels. Other
     region types are ignored."""
@@ -84,10 +95,7 @@ def read_regions(results: object) -> Regions:
         width, height = _size(result)
         regions.width, regions.height = width, height
         if kind == KEYPOINT_TYPE:
-            value = _value(result)
-            x = min(max(float(value.get("x", 0)) * width / 100, 0.0), width - 1.0)
-            y = min(max(float(value.get("y", 0)) * height / 100, 0.0), height - 1.0)
-            regions.points.append((x, y, label))
+            regions.points.append((*_keypoint(_value(result), width, height), label))
             continue
         mask = _mask(result, kind, width, height)
         regions.masks[label] = regions.masks[label] | mask if label in regions.masks else mask

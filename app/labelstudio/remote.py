@@ -80,7 +80,13 @@ class LabelStudio:
             return {"Authorization": f"Token {self._token}"}
         if self._auth is None or renew:
             answer = await self._call("POST", "/api/token/refresh", json={"refresh": self._token})
-            self._auth = f"Bearer {answer.json().get('access', '')}"
+            try:
+                access = answer.json()["access"]
+            except (ValueError, KeyError, TypeError):
+                raise LabelStudioUnreachable(
+                    f"Label Studio answered {answer.status_code} exchanging INSID3_LABEL_STUDIO_TOKEN (a personal "
+                    "access token) for an access token") from None
+            self._auth = f"Bearer {access}"
         return {"Authorization": self._auth}
 
     async def _call(self, method: str, path_or_url: str, renewed: bool = False, **options: object) -> httpx.Response:

@@ -284,3 +284,17 @@ def test_polygons_are_examples_and_a_polygon_only_label_is_predicted_as_polygons
         assert (result["type"], result["value"]["polygonlabels"]) == ("polygonlabels", ["blob"])
         assert len(result["value"]["points"]) >= 3
         assert all(0 <= coordinate <= 100 for point in result["value"]["points"] for coordinate in point)
+
+
+@pytest.mark.parametrize("region", [
+    {"type": "brushlabels", "value": {"format": "rle", "rle": [1, 2, 3], "brushlabels": ["disc"]}},
+    {"type": "brushlabels", "original_width": 180, "original_height": 150,
+     "value": {"format": "rle", "rle": [1, 2, 3], "brushlabels": ["disc"]}},
+    {"type": "keypointlabels", "original_width": 180, "original_height": 150,
+     "value": {"x": "left", "y": 3, "keypointlabels": ["centre"]}},
+    {"type": "polygonlabels", "original_width": 180, "original_height": 150,
+     "value": {"points": [[1, 2, 3]], "polygonlabels": ["disc"]}},
+])
+def test_an_unusable_region_in_the_context_is_a_clear_422(service: TestClient, region: dict) -> None:
+    body = assert_error(predict(service, [task(1, "t.png")], context={"result": [region]}), 422)
+    assert body["detail"]
