@@ -1,7 +1,7 @@
 """The Label Studio end-to-end scenario (run by scripts/labelstudio-e2e.sh).
 
 Starts Label Studio (from ``--label-studio``, offline, on loopback, a fresh data folder) and
-``insid3 serve`` with a random ViT-S and API keys of two tenants; creates a project (Image +
+``insid3 serve`` with a random ViT-S (the shrunk ``tiny`` shape by default) and API keys of two tenants; creates a project (Image +
 BrushLabels + KeyPointLabels), imports disc scenes, connects the backend with basic auth, annotates
 two tasks through Label Studio's API, retrieves predictions for the others and compares them with
 ``POST /segment``; then tenant isolation, an update, a deletion, an interactive prediction, a
