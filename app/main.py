@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None, backend: InferenceBackend | Non
     auth = [Security(api_key_header)] if keyring.enabled else []  # documented only when enforced
     for module in (references, segment, match):
         app.include_router(module.router, dependencies=[*auth, Depends(reject_repeated_fields)])
-    install_label_studio(app, keyring.enabled)
+    install_label_studio(app, auth)
     for module in (health, metrics, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -7,13 +7,12 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Security
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPBasic
 
 from app.auth import TenantDep
 from app.dependencies import BackendDep, SettingsDep
-from app.errors import error_response, error_responses
+from app.errors import ErrorResponse, error_response, error_responses
 from app.labelstudio.config import parse_label_config
 from app.labelstudio.examples import model_version, project_examples
 from app.labelstudio.predict import predict, project_id
@@ -25,6 +24,8 @@ log = logging.getLogger("insid3.labelstudio")
 
 router = APIRouter(prefix="/labelstudio", tags=["label studio"])
 MODEL_CLASS = "INSID3"
+UNREACHABLE = {502: {"model": ErrorResponse, "description": "Label Studio (INSID3_LABEL_STUDIO_URL) did not "
+                     "answer, or refused INSID3_LABEL_STUDIO_TOKEN (label_studio_unreachable)."}}
 
 
 async def json_body(request: Request) -> dict[str, Any]:
@@ -75,8 +76,8 @@ async def setup(request: Request, body: BodyDep, backend: BackendDep, settings: 
     return {"model_version": model_version(await project_examples(backend, caller.tenant, project))}
 
 
-@router.post("/predict", responses=error_responses(401, 404, 409, 413, 415, 422, 503, 504),
-             summary="Label Studio: predict tasks")
+@router.post("/predict", summary="Label Studio: predict tasks",
+             responses={**error_responses(401, 403, 404, 409, 410, 413, 415, 422, 503, 504, 507), **UNREACHABLE})
 async def predict_tasks(body: BodyDep, backend: BackendDep, settings: SettingsDep, caller: TenantDep) -> Any:
     """``{"results": [one prediction per task, in order]}``: a brush mask per label with examples
     and the keypoints of the newest keypoint annotation."""
@@ -91,7 +92,8 @@ def _annotation_ids(body: dict[str, Any]) -> list[int]:
     return ids if ids and all(isinstance(value, int) for value in ids) else []
 
 
-@router.post("/webhook", status_code=201, responses=error_responses(401, 422, 503),
+@router.post("/webhook", status_code=201,
+             responses={200: {"description": "An event this backend ignores."}, **error_responses(401, 422, 503)},
              summary="Label Studio: annotation events")
 async def webhook(body: BodyDep, caller: TenantDep, sync: Annotated[ExampleSync, Depends(example_sync)]) -> Any:
     """Annotations created, updated and deleted become, change and remove the project's examples
@@ -109,7 +111,7 @@ async def webhook(body: BodyDep, caller: TenantDep, sync: Annotated[ExampleSync,
     return {"status": "ok", "queued": True}
 
 
-@router.post("/train", responses=error_responses(401, 422), summary="Label Studio: train (resynchronise)")
+@router.post("/train", responses=error_responses(401, 422, 503), summary="Label Studio: train (resynchronise)")
 async def train(body: BodyDep, caller: TenantDep, sync: Annotated[ExampleSync, Depends(example_sync)]) -> Any:
     """Nothing to train: the annotated tasks sent make the project's examples again (a resync)."""
     project = {"id": project_id(body.get("project")), "label_config": body.get("label_config")}
@@ -126,7 +128,8 @@ async def _unreachable(request: Request, exc: Exception) -> JSONResponse:
     return error_response(502, exc.code, exc.detail)
 
 
-def install(app: FastAPI, keys_on: bool) -> None:
-    """Serve the protocol on ``app`` (basic auth documented when API keys are on)."""
-    app.include_router(router, dependencies=[Security(HTTPBasic(auto_error=False))] if keys_on else [])
+def install(app: FastAPI, dependencies: list[Any]) -> None:
+    """Serve the protocol on ``app`` with the service's route ``dependencies`` (its documented
+    X-API-Key; the basic auth Label Studio sends is accepted as well, by ``app.auth``)."""
+    app.include_router(router, dependencies=dependencies)
     app.add_exception_handler(LabelStudioUnreachable, _unreachable)
