@@ -65,7 +65,7 @@ def _mask_results(control: Control, to_name: str, label: str, result: Segmentati
 
 async def _inline_examples(job: Job, image: bytes) -> dict[str, list[str]]:
     """Regions drawn in the ``context`` of an interactive request, as references of that image."""
-    regions = read_regions(job.context.get("result"))
+    regions = read_regions(job.context.get("result"), job.settings.max_pixels)
     ids: dict[str, list[str]] = {}
     for label, mask in regions.masks.items():
         record, _ = await job.backend.create_reference(image, mask_png(mask), None, job.settings.inline_reference_ttl_s,

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from app.labelstudio.brush import rle_to_mask
 from app.labelstudio.examples import Point
-from core.errors import InvalidInputError
+from core.errors import ImageTooLargeError, InvalidInputError
 
 MASK_TYPES = ("brushlabels", "polygonlabels", "rectanglelabels")
 KEYPOINT_TYPE = "keypointlabels"
@@ -37,10 +37,12 @@ def _label(result: dict, kind: str) -> str | None:
     return str(labels[0]) if isinstance(labels, list) and labels else None
 
 
-def _size(result: dict) -> tuple[int, int]:
+def _size(result: dict, max_pixels: int) -> tuple[int, int]:
     width, height = result.get("original_width"), result.get("original_height")
     if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
         raise InvalidInputError(f"a {result.get('type')} region without its original_width/original_height")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"a {width}x{height} region, over {max_pixels} pixels (INSID3_MAX_PIXELS)")
     return width, height
 
 
@@ -84,15 +86,15 @@ def _keypoint(value: dict, width: int, height: int) -> tuple[float, float]:
     return min(max(x, 0.0), width - 1.0), min(max(y, 0.0), height - 1.0)
 
 
-def read_regions(results: object) -> Regions:
+def read_regions(results: object, max_pixels: int) -> Regions:
     """Brush, polygon and rectangle regions as one mask per label; keypoints as pixels. Other
-    region types are ignored."""
+    region types are ignored; a region over ``max_pixels`` is refused."""
     regions = Regions()
     for result in results if isinstance(results, list) else []:
         kind = result.get("type") if isinstance(result, dict) else None
         if kind not in (*MASK_TYPES, KEYPOINT_TYPE) or (label := _label(result, kind)) is None:
             continue
-        width, height = _size(result)
+        width, height = _size(result, max_pixels)
         regions.width, regions.height = width, height
         if kind == KEYPOINT_TYPE:
             regions.points.append((*_keypoint(_value(result), width, height), label))

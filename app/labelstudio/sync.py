@@ -89,7 +89,7 @@ class ExampleSync:
     async def _examples_of(self, tenant: str, project: str, annotation: dict, payload: dict) -> set[str]:
         """Store the annotation's examples; their reference ids."""
         config = parse_label_config((payload.get("project") or {}).get("label_config"))
-        regions = read_regions(annotation.get("result"))
+        regions = read_regions(annotation.get("result"), self._settings.max_pixels)
         if not regions.masks and not regions.points:
             return set()
         deadline = time.time() + self._settings.request_timeout_s

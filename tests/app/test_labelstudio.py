@@ -136,6 +136,9 @@ def test_health_needs_basic_auth_with_an_api_key(service: TestClient) -> None:
     assert "basic auth" in missing["detail"]
     assert service.get("/labelstudio/health").headers["www-authenticate"].startswith("Basic")
     assert_error(service.get("/labelstudio/health", auth=("label-studio", "wrong")), 401)
+    assert_error(service.get("/labelstudio/health", headers={"Authorization": "Basic not-base64!"}), 401)
+    assert service.get("/labelstudio/health", headers={"X-API-Key": KEYS["alpha"]}).status_code == 200
+    assert_error(service.get("/references", auth=auth()), 401)  # basic auth is Label Studio's, under /labelstudio
 
 
 def test_setup_answers_a_version_and_gives_the_webhook_the_callers_credentials(service: TestClient,
@@ -294,7 +297,10 @@ def test_polygons_are_examples_and_a_polygon_only_label_is_predicted_as_polygons
      "value": {"x": "left", "y": 3, "keypointlabels": ["centre"]}},
     {"type": "polygonlabels", "original_width": 180, "original_height": 150,
      "value": {"points": [[1, 2, 3]], "polygonlabels": ["disc"]}},
+    {"type": "polygonlabels", "original_width": 100_000, "original_height": 100_000,  # 10^10 pixels: refused
+     "value": {"points": [[1, 2], [3, 4], [5, 1]], "polygonlabels": ["disc"]}},
 ])
-def test_an_unusable_region_in_the_context_is_a_clear_422(service: TestClient, region: dict) -> None:
-    body = assert_error(predict(service, [task(1, "t.png")], context={"result": [region]}), 422)
+def test_an_unusable_region_in_the_context_is_a_clear_4xx(service: TestClient, region: dict) -> None:
+    status = 413 if region.get("original_width") == 100_000 else 422
+    body = assert_error(predict(service, [task(1, "t.png")], context={"result": [region]}), status)
     assert body["detail"]
