@@ -7,9 +7,11 @@ import asyncio
 import io
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from PIL import Image
 
+from app.dependencies import RenderSlots
 from app.labelstudio.brush import mask_to_rle
 from app.labelstudio.config import Control, LabelConfig, parse_label_config
 from app.labelstudio.examples import Example, by_label, model_version, project_examples
@@ -17,7 +19,7 @@ from app.labelstudio.regions import read_regions
 from app.labelstudio.remote import LabelStudio
 from app.masks import mask_png, mask_polygons
 from app.settings import Settings
-from core.errors import Insid3Error, InvalidInputError
+from core.errors import Insid3Error, InvalidImageError, InvalidInputError
 from core.serving import InferenceBackend
 from core.types import SegmentationResult
 
@@ -45,7 +47,8 @@ class Job:
     examples: list[Example]
     context: dict
     deadline: float
-    slots: asyncio.Semaphore
+    slots: asyncio.Semaphore  # tasks in flight
+    render: RenderSlots  # CPU work (masks decoded and encoded) in threads, bounded like every rendering
 
 
 def _mask_results(control: Control, to_name: str, label: str, result: SegmentationResult) -> list[dict]:
@@ -63,12 +66,18 @@ def _mask_results(control: Control, to_name: str, label: str, result: Segmentati
     ]
 
 
+def _drawn_masks(context: dict, max_pixels: int) -> dict[str, bytes]:
+    """The PNG mask of each label drawn in an interactive request's ``context``."""
+    regions = read_regions(context.get("result"), max_pixels)
+    return {label: mask_png(mask) for label, mask in regions.masks.items()}
+
+
 async def _inline_examples(job: Job, image: bytes) -> dict[str, list[str]]:
     """Regions drawn in the ``context`` of an interactive request, as references of that image."""
-    regions = read_regions(job.context.get("result"), job.settings.max_pixels)
+    drawn = await job.render.run(partial(_drawn_masks, job.context, job.settings.max_pixels), job.deadline)
     ids: dict[str, list[str]] = {}
-    for label, mask in regions.masks.items():
-        record, _ = await job.backend.create_reference(image, mask_png(mask), None, job.settings.inline_reference_ttl_s,
+    for label, mask in drawn.items():
+        record, _ = await job.backend.create_reference(image, mask, None, job.settings.inline_reference_ttl_s,
                                                        job.deadline, tenant=job.tenant)
         ids[label] = [record.reference_id]
     return ids
@@ -76,9 +85,12 @@ async def _inline_examples(job: Job, image: bytes) -> dict[str, list[str]]:
 
 def _oriented_size(image: bytes) -> tuple[int, int]:
     """(width, height) of an encoded image as the engine sees it (EXIF rotation applied)."""
-    with Image.open(io.BytesIO(image)) as opened:
-        width, height = opened.size
-        return (height, width) if opened.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8) else (width, height)
+    try:
+        with Image.open(io.BytesIO(image)) as opened:
+            width, height = opened.size
+            return (height, width) if opened.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8) else (width, height)
+    except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises for unreadable headers
+        raise InvalidImageError(f"the task image cannot be read: {exc}") from None
 
 
 async def _keypoint_results(job: Job, image: bytes) -> list[dict]:
@@ -121,7 +133,8 @@ async def predict_task(job: Job, task: dict) -> dict:
                 continue
             [segmented] = await job.backend.segment([image], ids, None, None, job.deadline, tenant=job.tenant)
             if segmented.area:
-                results += _mask_results(control, job.config.image_name, label, segmented)
+                results += await job.render.run(partial(_mask_results, control, job.config.image_name, label,
+                                                        segmented), job.deadline)
         if not interactive:
             results += await _keypoint_results(job, image)
     scores = [result["score"] for result in results]
@@ -138,7 +151,8 @@ def _answer(task: object, outcome: dict | BaseException) -> dict:
     return outcome
 
 
-async def predict(backend: InferenceBackend, settings: Settings, tenant: str, body: dict) -> dict:
+async def predict(backend: InferenceBackend, settings: Settings, render: RenderSlots, tenant: str,
+                  body: dict) -> dict:
     """Every task's prediction, computed concurrently (the backend batches them). One task's failure
     is its own entry; when every task fails, the first error is raised."""
     tasks = body.get("tasks")
@@ -151,7 +165,7 @@ async def predict(backend: InferenceBackend, settings: Settings, tenant: str, bo
     slots = asyncio.Semaphore(max(1, min(2 * settings.max_batch, settings.max_queue)))
     async with LabelStudio(settings.label_studio_url, settings.label_studio_token, settings.max_upload_bytes) as studio:
         job = Job(backend, settings, tenant, config, studio, examples, context if isinstance(context, dict) else {},
-                  time.time() + settings.request_timeout_s, slots)
+                  time.time() + settings.request_timeout_s, slots, render)
         outcomes = await asyncio.gather(*(predict_task(job, task) for task in tasks), return_exceptions=True)
     failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
     unexpected = next((failure for failure in failures if not isinstance(failure, Insid3Error)), None)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from app.auth import TenantDep
-from app.dependencies import BackendDep, SettingsDep
+from app.dependencies import BackendDep, RenderDep, SettingsDep
 from app.errors import ErrorResponse, error_response, error_responses
 from app.labelstudio.config import parse_label_config
 from app.labelstudio.examples import model_version, project_examples
@@ -78,10 +78,11 @@ async def setup(request: Request, body: BodyDep, backend: BackendDep, settings: 
 
 @router.post("/predict", summary="Label Studio: predict tasks",
              responses={**error_responses(401, 403, 404, 409, 410, 413, 415, 422, 503, 504, 507), **UNREACHABLE})
-async def predict_tasks(body: BodyDep, backend: BackendDep, settings: SettingsDep, caller: TenantDep) -> Any:
+async def predict_tasks(body: BodyDep, backend: BackendDep, settings: SettingsDep, render: RenderDep,
+                        caller: TenantDep) -> Any:
     """``{"results": [one prediction per task, in order]}``: a brush mask per label with examples
     and the keypoints of the newest keypoint annotation."""
-    return await predict(backend, settings, caller.tenant, body)
+    return await predict(backend, settings, render, caller.tenant, body)
 
 
 def _annotation_ids(body: dict[str, Any]) -> list[int]:

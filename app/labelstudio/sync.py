@@ -40,6 +40,17 @@ class Event:
     payload: dict[str, Any]
 
 
+def _uploads(results: object, project: str, annotation: int, max_pixels: int) -> list[tuple[bytes | None, str]]:
+    """The (PNG mask or None, reference name) of each example an annotation's results make."""
+    regions = read_regions(results, max_pixels)
+    uploads: list[tuple[bytes | None, str]] = [
+        (mask_png(mask), mask_name(project, annotation, label)) for label, mask in regions.masks.items()
+    ]
+    if regions.points:
+        uploads.append((None, points_name(project, annotation, regions.points)))
+    return uploads
+
+
 class ExampleSync:
     """The queue of annotation events and its one consumer (started on the first event)."""
 
@@ -89,17 +100,15 @@ class ExampleSync:
     async def _examples_of(self, tenant: str, project: str, annotation: dict, payload: dict) -> set[str]:
         """Store the annotation's examples; their reference ids."""
         config = parse_label_config((payload.get("project") or {}).get("label_config"))
-        regions = read_regions(annotation.get("result"), self._settings.max_pixels)
-        if not regions.masks and not regions.points:
+        number = int(annotation["id"])
+        uploads = await asyncio.to_thread(_uploads, annotation.get("result"), project, number,
+                                          self._settings.max_pixels)
+        if not uploads:
             return set()
         deadline = time.time() + self._settings.request_timeout_s
         async with LabelStudio(self._settings.label_studio_url, self._settings.label_studio_token,
                                self._settings.max_upload_bytes) as studio:
             image = await studio.image(((payload.get("task") or {}).get("data") or {}).get(config.image_key))
-        number = int(annotation["id"])
-        uploads = [(mask_png(mask), mask_name(project, number, label)) for label, mask in regions.masks.items()]
-        if regions.points:
-            uploads.append((None, points_name(project, number, regions.points)))
         records = await asyncio.gather(*(
             self._backend.create_reference(image, mask, name, 0.0, deadline, tenant=tenant) for mask, name in uploads
         ))
