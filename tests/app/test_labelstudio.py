@@ -12,51 +12,18 @@ import httpx
 import numpy as np
 import pytest
 import redis
-from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 
-from app.labelstudio.brush import mask_to_rle, rle_to_mask
+from app.labelstudio.brush import rle_to_mask
 from tests.app.conftest import in_process, tiny_args
 from tests.support.api import assert_error, decode_rle
-from tests.support.images import TARGET, TARGET_2, TWO_DISCS, disc_scene
-from tests.support.live_server import LiveServer
+from tests.support.images import TWO_DISCS
+from tests.support.label_studio import CONFIG, PROJECT, SCENES, TOKEN, Studio, brush, task
 from tests.support.net import eventually
 from tests.support.processes import Process
 
-TOKEN = "studio-token-123"
 KEYS = {"alpha": "alpha-ls-key", "beta": "beta-ls-key"}
-CONFIG = ('<View><Image name="img" value="$image"/><BrushLabels name="brush" toName="img"><Label value="disc"/>'
-          '</BrushLabels><KeyPointLabels name="kp" toName="img"><Label value="centre"/></KeyPointLabels></View>')
-SCENES = {"a.png": disc_scene(21, 150, 200, [(70, 80, 30)]), "b.png": disc_scene(22, 160, 180, [(90, 100, 32)]),
-          "t.png": TARGET, "t2.png": TARGET_2, "two.png": TWO_DISCS}
-PROJECT = {"id": 7, "label_config": CONFIG}
 DATABASE = "/13"  # a database of the session's redis-server that no other test area uses
-
-
-class Studio:
-    """Serves ``/data/upload/7/<name>`` to the token only, and a project webhook that records PATCHes."""
-
-    def __init__(self) -> None:
-        self.patches: list[dict] = []
-        app = FastAPI()
-
-        @app.get("/data/upload/7/{name}")
-        async def image(name: str, request: Request) -> Response:
-            if request.headers.get("authorization") != f"Token {TOKEN}":
-                return Response(status_code=401)
-            scene = SCENES.get(name)
-            return Response(scene.png, media_type="image/png") if scene else Response(status_code=404)
-
-        @app.get("/api/webhooks")
-        async def webhooks() -> list[dict]:
-            return [{"id": 3, "url": "http://insid3/labelstudio/webhook", "headers": {}}]
-
-        @app.patch("/api/webhooks/{number}")
-        async def patch(number: int, request: Request) -> dict:
-            self.patches.append(await request.json())
-            return {}
-
-        self.live = LiveServer(app).start(ready_path="/api/webhooks")
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +55,6 @@ def service(request, tiny_settings, tiny_checkpoint, studio: Studio, tmp_path_fa
 
 def auth(tenant: str = "alpha") -> tuple[str, str]:
     return ("label-studio", KEYS[tenant])
-
-
-def task(number: int, name: str) -> dict:
-    return {"id": number, "data": {"image": f"/data/upload/7/{name}"}}
-
-
-def brush(mask: np.ndarray) -> dict:
-    height, width = mask.shape
-    return {"from_name": "brush", "to_name": "img", "type": "brushlabels", "original_width": width,
-            "original_height": height, "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["disc"]}}
 
 
 def annotate(http: TestClient, action: str, number: int, name: str, result: list[dict], tenant: str = "alpha") -> None:
