@@ -111,6 +111,13 @@ def start_service(work: Path, port: int, ls_port: int, ls_token: str, keys: dict
                  env, work / "serve.log")
 
 
+def personal_access_token(ls_url: str, legacy_token: str) -> str:
+    """A personal access token (a JWT refresh token) of the Label Studio user: what the service is
+    configured with, so that it exchanges it for access tokens as a real deployment does."""
+    answer = httpx.post(f"{ls_url}/api/token/", headers={"Authorization": f"Token {legacy_token}"}, timeout=60)
+    return answer.raise_for_status().json()["token"]
+
+
 def brush_region(mask: np.ndarray) -> dict:
     return {"from_name": "mask", "to_name": "image", "type": "brushlabels", "original_width": WIDTH,
             "original_height": HEIGHT, "image_rotation": 0,
@@ -330,9 +337,11 @@ def main() -> int:
         work = Path(folder)
         processes = [start_label_studio(args.label_studio, work, ls_port, ls_token, password)]
         try:
-            processes.append(start_service(work, port, ls_port, ls_token, keys, args.model_size))
             ls_url, service_url = f"http://127.0.0.1:{ls_port}", f"http://127.0.0.1:{port}"
             wait_for(lambda: _answers(f"{ls_url}/health"), "Label Studio to start", 300)
+            access_token = personal_access_token(ls_url, ls_token)
+            checks.check(access_token.count(".") == 2, "Label Studio made a personal access token for the service")
+            processes.append(start_service(work, port, ls_port, access_token, keys, args.model_size))
             if not wait_ready(service_url, processes[1]):
                 raise RuntimeError(f"insid3 serve did not become ready:\n{(work / 'serve.log').read_text()[-3000:]}")
             scenario = Scenario(ls_url, ls_token, service_url, keys, checks)

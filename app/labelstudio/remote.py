@@ -79,7 +79,7 @@ class LabelStudio:
         if self._token.count(".") != 2:  # a legacy API token
             return {"Authorization": f"Token {self._token}"}
         if self._auth is None or renew:
-            answer = await self._call("POST", "/api/token/refresh", json={"refresh": self._token})
+            answer = await self._call("POST", "/api/token/refresh/", json={"refresh": self._token})
             try:
                 access = answer.json()["access"]
             except (ValueError, KeyError, TypeError):
@@ -91,7 +91,7 @@ class LabelStudio:
 
     async def _call(self, method: str, path_or_url: str, renewed: bool = False, **options: object) -> httpx.Response:
         url = path_or_url if "://" in path_or_url else self._base + path_or_url
-        headers = {} if path_or_url == "/api/token/refresh" else await self._authorization()
+        headers = {} if path_or_url == "/api/token/refresh/" else await self._authorization()
         try:
             response = await self._http.request(method, url, headers=headers, **options)  # type: ignore[arg-type]
         except httpx.HTTPError as exc:

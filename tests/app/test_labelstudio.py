@@ -194,6 +194,18 @@ def test_an_interactive_stroke_is_the_tasks_own_example(service: TestClient) -> 
     assert mask.any()
 
 
+def test_an_interactive_box_is_the_tasks_own_example(service: TestClient) -> None:
+    height, width = TWO_DISCS.mask.shape
+    box = {"from_name": "box", "to_name": "img", "type": "rectanglelabels", "original_width": width,
+           "original_height": height,  # around the left disc (60, 60, r 28), in % of the image
+           "value": {"x": 32 * 100 / width, "y": 32 * 100 / height, "width": 56 * 100 / width,
+                     "height": 56 * 100 / height, "rotation": 0, "rectanglelabels": ["disc"]}}
+    answer = predict(service, [task(3, "two.png")], context={"result": [box]})
+    assert answer.status_code == 200, answer.text
+    [result] = [r for r in answer.json()["results"][0]["result"] if r["type"] == "brushlabels"]
+    assert rle_to_mask(result["value"]["rle"], result["original_width"], result["original_height"]).any()
+
+
 def test_one_bad_task_of_a_batch_is_its_own_entry(service: TestClient) -> None:
     answer = predict(service, [task(1, "t.png"), {"id": 9, "data": {"image": "http://elsewhere.example/x.png"}}])
     assert answer.status_code == 200, answer.text
