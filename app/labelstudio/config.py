@@ -40,9 +40,6 @@ class LabelConfig:
     image_key: str
     controls: tuple[Control, ...]
 
-    def control(self, name: str) -> Control | None:
-        return next((control for control in self.controls if control.name == name), None)
-
     @property
     def mask_labels(self) -> list[tuple[Control, str]]:
         """Every (control, label) a mask is predicted for: brush labels first, then polygon labels

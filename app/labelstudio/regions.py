@@ -21,8 +21,6 @@ KEYPOINT_TYPE = "keypointlabels"
 class Regions:
     """The union mask of each label, and the labelled keypoints, of a list of results."""
 
-    width: int = 0
-    height: int = 0
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     points: list[Point] = field(default_factory=list)
 
@@ -95,7 +93,6 @@ def read_regions(results: object, max_pixels: int) -> Regions:
         if kind not in (*MASK_TYPES, KEYPOINT_TYPE) or (label := _label(result, kind)) is None:
             continue
         width, height = _size(result, max_pixels)
-        regions.width, regions.height = width, height
         if kind == KEYPOINT_TYPE:
             regions.points.append((*_keypoint(_value(result), width, height), label))
             continue
