@@ -24,12 +24,16 @@ Point = tuple[float, float, str]
 class Example:
     """One reference of a project: a label's mask, or keypoints (``points``, label ``""``)."""
 
-    reference_id: str
+    record: StoredReference
     project: str
     annotation: int
     label: str
     points: tuple[Point, ...] = ()
     created_at: float = 0.0
+
+    @property
+    def reference_id(self) -> str:
+        return self.record.reference_id
 
     @property
     def is_mask(self) -> bool:
@@ -53,14 +57,14 @@ def parse(record: StoredReference) -> Example | None:
     _, project, annotation, kind, payload = parts
     created = record.created_at.timestamp()
     if kind == "mask":
-        return Example(record.reference_id, project, int(annotation), payload, created_at=created)
+        return Example(record, project, int(annotation), payload, created_at=created)
     if kind != "points":
         return None
     try:
         points = tuple((float(x), float(y), str(label)) for x, y, label in json.loads(payload))
     except (ValueError, TypeError):
         return None
-    return Example(record.reference_id, project, int(annotation), "", points, created)
+    return Example(record, project, int(annotation), "", points, created)
 
 
 async def project_examples(backend: InferenceBackend, tenant: str, project: str) -> list[Example]:
@@ -68,7 +72,7 @@ async def project_examples(backend: InferenceBackend, tenant: str, project: str)
     examples: list[Example] = []
     offset = 0
     while True:
-        page = await backend.list_references(offset, PAGE, tenant=tenant)
+        page = await backend.list_references(offset, PAGE, scope=tenant)
         examples += [example for record in page.items
                      if (example := parse(record)) is not None and example.project == project]
         offset += len(page.items)
@@ -76,12 +80,12 @@ async def project_examples(backend: InferenceBackend, tenant: str, project: str)
             return sorted(examples, key=lambda example: (example.created_at, example.reference_id))
 
 
-def by_label(examples: list[Example]) -> dict[str, list[str]]:
-    """The reference ids of each label's mask examples."""
-    labels: dict[str, list[str]] = {}
+def by_label(examples: list[Example]) -> dict[str, list[StoredReference]]:
+    """The references of each label's mask examples."""
+    labels: dict[str, list[StoredReference]] = {}
     for example in examples:
         if example.is_mask:
-            labels.setdefault(example.label, []).append(example.reference_id)
+            labels.setdefault(example.label, []).append(example.record)
     return labels
 
 

@@ -20,7 +20,7 @@ from app.labelstudio.remote import LabelStudio
 from app.masks import mask_png, mask_polygons
 from app.settings import Settings
 from core.errors import Insid3Error, InvalidImageError, InvalidInputError
-from core.serving import InferenceBackend
+from core.serving import InferenceBackend, StoredReference
 from core.types import SegmentationResult
 
 EXIF_ORIENTATION = 0x0112
@@ -72,15 +72,15 @@ def _drawn_masks(context: dict, max_pixels: int) -> dict[str, bytes]:
     return {label: mask_png(mask) for label, mask in regions.masks.items()}
 
 
-async def _inline_examples(job: Job, image: bytes) -> dict[str, list[str]]:
+async def _inline_examples(job: Job, image: bytes) -> dict[str, list[StoredReference]]:
     """Regions drawn in the ``context`` of an interactive request, as references of that image."""
     drawn = await job.render.run(partial(_drawn_masks, job.context, job.settings.max_pixels), job.deadline)
-    ids: dict[str, list[str]] = {}
+    references: dict[str, list[StoredReference]] = {}
     for label, mask in drawn.items():
         record, _ = await job.backend.create_reference(image, mask, None, job.settings.inline_reference_ttl_s,
-                                                       job.deadline, tenant=job.tenant)
-        ids[label] = [record.reference_id]
-    return ids
+                                                       job.deadline, owner=job.tenant)
+        references[label] = [record]
+    return references
 
 
 def _oriented_size(image: bytes) -> tuple[int, int]:
@@ -102,8 +102,7 @@ async def _keypoint_results(job: Job, image: bytes) -> list[dict]:
     points = [point for point in source.points if point[2] in control.labels]
     if not points:
         return []
-    matched = await job.backend.match(image, source.reference_id, [(x, y) for x, y, _ in points], True,
-                                      job.deadline, tenant=job.tenant)
+    matched = await job.backend.match(image, source.record, [(x, y) for x, y, _ in points], True, job.deadline)
     width, height = _oriented_size(image)
     return [
         {"from_name": control.name, "to_name": job.config.image_name, "type": "keypointlabels",
@@ -128,10 +127,10 @@ async def predict_task(job: Job, task: dict) -> dict:
         for control, label in job.config.mask_labels:
             if interactive and label not in interactive:
                 continue  # an interactive request predicts the labels drawn
-            ids = [*interactive.get(label, []), *examples.get(label, [])]
-            if not ids:
+            references = [*interactive.get(label, []), *examples.get(label, [])]
+            if not references:
                 continue
-            [segmented] = await job.backend.segment([image], ids, None, None, job.deadline, tenant=job.tenant)
+            [segmented] = await job.backend.segment([image], references, None, None, job.deadline)
             if segmented.area:
                 results += await job.render.run(partial(_mask_results, control, job.config.image_name, label,
                                                         segmented), job.deadline)

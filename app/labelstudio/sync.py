@@ -110,7 +110,7 @@ class ExampleSync:
                                self._settings.max_upload_bytes) as studio:
             image = await studio.image(((payload.get("task") or {}).get("data") or {}).get(config.image_key))
         records = await asyncio.gather(*(
-            self._backend.create_reference(image, mask, name, 0.0, deadline, tenant=tenant) for mask, name in uploads
+            self._backend.create_reference(image, mask, name, 0.0, deadline, owner=tenant) for mask, name in uploads
         ))
         return {record.reference_id for record, _ in records}
 
@@ -130,7 +130,7 @@ class ExampleSync:
         for example in await project_examples(self._backend, tenant, project):
             if example.reference_id not in keep:
                 with contextlib.suppress(ReferenceNotFound):
-                    await self._backend.delete_reference(example.reference_id, tenant=tenant)
+                    await self._backend.delete_reference(example.reference_id, scope=tenant)
         log.info("Label Studio project %s resynchronised: %d examples", project, len(keep))
 
     async def _replace(self, tenant: str, project: str, annotation: int, keep: set[str]) -> None:
@@ -138,4 +138,4 @@ class ExampleSync:
         for example in await project_examples(self._backend, tenant, project):
             if example.annotation == annotation and example.reference_id not in keep:
                 with contextlib.suppress(ReferenceNotFound):
-                    await self._backend.delete_reference(example.reference_id, tenant=tenant)
+                    await self._backend.delete_reference(example.reference_id, scope=tenant)
