@@ -79,9 +79,10 @@ def build(label: tuple[str, str], weights: str, size: int, cache: str) -> Insid3
                         basis_cache_dir=cache, runtime=runtime, precision=precision)
 
 
-def run_size(size: int, weights: str, cache: str, runs: int, scene_count: int) -> dict[tuple[str, str], dict]:
-    """Every configuration at ``size``: encoder times interleaved, masks against torch fp32."""
-    installed = [c for c in CONFIGS if c[0] in ("torch", "auto") or runtime_version(c[0])]
+def run_size(size: int, weights: str, cache: str, runs: int, scene_count: int,
+             configs: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+    """Every configuration at ``size``: encoder times interleaved, masks against torch fp32 (printed as they come)."""
+    installed = [c for c in configs if c[0] in ("torch", "auto") or runtime_version(c[0])]
     engines = {label: build(label, weights, size, cache) for label in installed}
     images = torch.randn(1, 3, size, size)
     times: dict[tuple[str, str], list[float]] = {label: [] for label in engines}
@@ -92,6 +93,8 @@ def run_size(size: int, weights: str, cache: str, runs: int, scene_count: int) -
             start = time.perf_counter()
             engine.encode_tensor(images)
             times[label].append(time.perf_counter() - start)
+    print(f"{size}: encoder ms " + ", ".join(f"{'/'.join(label)} {statistics.median(t) * 1000:.0f}"
+                                            for label, t in times.items()), flush=True)
     ious: dict[tuple[str, str], list[float]] = {label: [] for label in engines}
     identical = dict.fromkeys(engines, 0)
     for image, mask, target in scenes(scene_count):
@@ -100,6 +103,8 @@ def run_size(size: int, weights: str, cache: str, runs: int, scene_count: int) -
         for label, actual in masks.items():
             ious[label].append(_iou(actual, masks["torch", "fp32"]))
             identical[label] += bool(np.array_equal(actual, masks["torch", "fp32"]))
+        print(f"{size}: scene {len(ious['torch', 'fp32'])} IoU " + ", ".join(
+            f"{'/'.join(label)} {values[-1]:.4f}" for label, values in ious.items()), flush=True)
     return {label: {"ms": statistics.median(times[label]) * 1000, "ious": ious[label], "identical": identical[label],
                     "runtime": engine.runtime}
             for label, engine in engines.items()}
@@ -126,11 +131,16 @@ def print_size(size: int, results: dict, roofs: dict[str, float], spec: Backbone
 
 def print_auto(results: dict) -> None:
     """``auto``'s pick against the fastest exact fp32 runtime, as timed in this run."""
-    auto = results["auto", "fp32"]
+    auto = results.get(("auto", "fp32"))
+    if auto is None:
+        return
     exact = {label: row for label, row in results.items() if label[1] == "fp32" and label[0] != "auto"}
     fastest = min(exact, key=lambda label: exact[label]["ms"])
+    picked = exact.get((auto["runtime"].name, "fp32"), auto)
     print(f"\nauto picked {auto['runtime'].name} ({auto['ms']:.0f} ms in this run); fastest fp32 runtime here: "
-          f"{fastest[0]} ({exact[fastest]['ms']:.0f} ms): auto at {auto['ms'] / exact[fastest]['ms']:.2f}× its time; "
+          f"{fastest[0]} ({exact[fastest]['ms']:.0f} ms): auto's engine at {auto['ms'] / exact[fastest]['ms']:.2f}× "
+          f"its time, the picked runtime's own engine at "
+          f"{picked['ms'] / exact[fastest]['ms']:.2f}×; "
           f"auto's masks identical to torch fp32 in {auto['identical']}/{len(auto['ious'])} scenes")
     if auto["runtime"].report is not None:
         for m in auto["runtime"].report.measurements:
@@ -144,6 +154,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed encoder calls per configuration and size")
     parser.add_argument("--scenes", type=int, default=12, help="1-shot scenes for the mask comparison")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--configs", nargs="+", default=[":".join(c) for c in CONFIGS],
+                        help="runtime:precision pairs (torch:fp32, the reference, is always run)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from core.checkpoint import make_checkpoint
@@ -158,7 +170,8 @@ def main() -> None:
     for size in args.sizes:
         cache = tempfile.mkdtemp()  # cold: auto measures in this run
         roofs = {"fp32": gemm_roof(torch.float32), "bf16": gemm_roof(torch.bfloat16)}
-        results = run_size(size, weights, cache, args.runs, args.scenes)
+        configs = [("torch", "fp32"), *(tuple(c.split(":")) for c in args.configs if c != "torch:fp32")]
+        results = run_size(size, weights, cache, args.runs, args.scenes, configs)
         roofs = {"fp32": max(roofs["fp32"], gemm_roof(torch.float32)),
                  "bf16": max(roofs["bf16"], gemm_roof(torch.bfloat16))}
         print_size(size, results, roofs, spec)
