@@ -214,7 +214,8 @@ def cached_export(backbone: Backbone, key: ExportKey, cache_dir: Path) -> tuple[
 
 def onnxruntime_encoder(backbone: Backbone, image_size: int, folder: Path, threads: int,
                         precision: str = "fp32") -> tuple[Encoder, str]:
-    """ONNX Runtime on the cached opset-23 export; with the export's sha256 (what the probe verdict is for)."""
+    """ONNX Runtime on the cached opset-23 export (``precision``: fp32 only, ``candidates`` checks); with the
+    export's sha256 (what the probe verdict is for)."""
     onnx, sha256 = cached_export(backbone, ExportKey(backbone.weights_id, image_size, OPSETS["onnxruntime"]), folder)
     return load_session("onnxruntime", onnx, threads), sha256
 
