@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field
 
@@ -122,3 +122,7 @@ class Readiness(BaseModel):
                                                          "measured at start, and what it means for the deadline")
     request_timeout_s: float = Field(description="the deadline a request gets (raised at start when unset and "
                                                  "one target's latency needs more)")
+    encoder: dict[str, Any] | None = Field(
+        default=None, description="Embedded mode: the encoder runtime and precision, and when `auto` chose it, "
+                                  "every candidate's measured ms, probe max-abs and mask IoU vs torch fp32 "
+                                  "(Redis mode: see each worker's metrics).")

@@ -58,3 +58,29 @@ def update_gpu_memory(device: torch.device) -> None:
     """Refresh the GPU memory gauge (no-op off CUDA)."""
     if device.type == "cuda":
         GPU_MEMORY_BYTES.labels(device=str(device)).set(torch.cuda.memory_allocated(device))
+
+
+ENCODER_RUNTIME = Gauge("insid3_encoder_runtime_info", "The encoder runtime this process runs (1)",
+                        ["runtime", "precision", "chosen_by"])
+ENCODER_MEASURED_MS = Gauge("insid3_encoder_runtime_measured_ms", "Encoder ms per image of each candidate "
+                            "runtime, as auto measured them", ["runtime", "precision", "exact"])
+_encoder_runtime: dict[str, object] | None = None
+
+
+def record_encoder_runtime(summary: dict) -> None:
+    """Export the engine's encoder runtime and, when ``auto`` measured it, every candidate's time."""
+    global _encoder_runtime
+    _encoder_runtime = summary
+    ENCODER_RUNTIME.clear()
+    ENCODER_RUNTIME.labels(runtime=summary["runtime"], precision=summary["precision"],
+                           chosen_by=summary["chosen_by"]).set(1)
+    ENCODER_MEASURED_MS.clear()
+    for measured in summary.get("measurements", []):
+        if measured["ms"] is not None:
+            ENCODER_MEASURED_MS.labels(runtime=measured["runtime"], precision=measured["precision"],
+                                       exact=str(measured["exact"]).lower()).set(measured["ms"])
+
+
+def encoder_runtime() -> dict[str, object] | None:
+    """The summary last recorded by ``record_encoder_runtime`` in this process (None: no engine here)."""
+    return _encoder_runtime

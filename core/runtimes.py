@@ -10,17 +10,23 @@ model is cached, so a warm restart imports it without reading the weights or the
 Everything is cached next to the positional basis (``core.artifacts``: signed records, verified
 on every load, the bytes checked being the bytes loaded; rebuilt when corrupt, stale or forged):
 the ONNX export made from the weights' sha256, image size, opset, torch and exporter versions;
-the compiled OpenVINO model made from that, the OpenVINO version, the CPU and the thread count.
-Each runtime must pass a parity probe against torch on the constant image before it is used; the
-verdict is cached per artifact and runtime version.
+the compiled OpenVINO model made from that, the OpenVINO version, the CPU, the precision and the
+thread count. An fp32 runtime must pass a parity probe against torch on the constant image before
+it is used; the verdict is cached per artifact and runtime version.
 
-``auto`` is torch on CUDA and the fastest installed runtime that passes its probe on the CPU
-(measured: OpenVINO, then ONNX Runtime), falling back to torch.
+``--precision bf16`` on the CPU runs OpenVINO with a bf16 inference-precision hint, or torch
+autocast: approximate (masks compared by IoU), fast only on CPUs with native bf16 (AVX512-BF16 or
+AMX); a CPU without it is warned about. ONNX Runtime runs fp32 only.
+
+``auto`` is torch on CUDA; on the CPU it is measured (``core.runtime_choice``): the fastest
+candidate that is exact in fp32 (in bf16: close enough), the choice cached per CPU, weights, size,
+precision and library versions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import io
@@ -38,26 +44,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core import metrics, runtime_choice
 from core.artifacts import artifact_key, read_verified, store, writable
 from core.backbone import Backbone, extract_features
 from core.debias import constant_probe
 from core.errors import ConfigurationError, WeightsError
+from core.runtime_choice import ChoiceReport, Encoder, Measurement, Variant
 from core.settings import Runtime
 
 log = logging.getLogger(__name__)
 
 RUNTIME_CHOICES: tuple[str, ...] = typing.get_args(Runtime)  # auto, then every runtime
 RUNTIMES = RUNTIME_CHOICES[1:]
-AUTO_ORDER = ("openvino", "onnxruntime")  # fastest first, measured on the CPU (README benchmarks)
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 EXPORTER_VERSION = "1"  # bump whenever export_onnx changes what it writes
 COMPILER_VERSION = "1"  # bump whenever openvino_encoder changes how it compiles
 DEFAULT_OPSET = 23  # the first opset with a fused Attention op
 OPSETS = {"onnxruntime": 23, "openvino": 18}  # what each runtime runs fastest (see the module docstring)
-PROBE_TOLERANCE = 1e-4  # the backbone parity tolerance
+PROBE_TOLERANCE = runtime_choice.EXACT_TOLERANCE  # the backbone parity tolerance
 MAX_EXPORT_BYTES = 2**31 - 2**26  # a single-file ONNX model (protobuf limit, with headroom for the graph)
-
-Encoder = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) preprocessed -> raw (B, C, h, w) float32
+PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16"), "torch": ("fp32", "bf16", "fp16")}
+OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
 
 class FeatureEncoder(torch.nn.Module):
@@ -146,8 +153,9 @@ def load_session(name: str, onnx: str | bytes, threads: int) -> Encoder:
     raise ConfigurationError(f"unknown runtime {name!r}; choose {', '.join(RUNTIME_CHOICES)}")
 
 
-def _openvino_config(threads: int) -> dict[str, object]:
-    return {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+def _openvino_config(threads: int, precision: str = "fp32") -> dict[str, object]:
+    return {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision],
+            "PERFORMANCE_HINT": "LATENCY"}
 
 
 def _openvino_infer(compiled: typing.Any, one_image: bool) -> Encoder:
@@ -204,24 +212,27 @@ def cached_export(backbone: Backbone, key: ExportKey, cache_dir: Path) -> tuple[
     return made
 
 
-def onnxruntime_encoder(backbone: Backbone, image_size: int, folder: Path, threads: int) -> tuple[Encoder, str]:
-    """ONNX Runtime on the cached opset-23 export; with the export's sha256 (what the probe verdict is for)."""
+def onnxruntime_encoder(backbone: Backbone, image_size: int, folder: Path, threads: int,
+                        precision: str = "fp32") -> tuple[Encoder, str]:
+    """ONNX Runtime on the cached opset-23 export (``precision``: fp32 only, ``candidates`` checks); with the
+    export's sha256 (what the probe verdict is for)."""
     onnx, sha256 = cached_export(backbone, ExportKey(backbone.weights_id, image_size, OPSETS["onnxruntime"]), folder)
     return load_session("onnxruntime", onnx, threads), sha256
 
 
-def openvino_encoder(backbone: Backbone, image_size: int, folder: Path, threads: int) -> tuple[Encoder, str]:
-    """OpenVINO compiled for one image of ``image_size``; with the compiled model's sha256.
+def openvino_encoder(backbone: Backbone, image_size: int, folder: Path, threads: int,
+                     precision: str = "fp32") -> tuple[Encoder, str]:
+    """OpenVINO compiled for one image of ``image_size`` at ``precision``; with the compiled model's sha256.
 
     A cached compiled model is imported as it is: no weights, no ONNX file, no compilation.
     """
     import openvino
 
-    core, config = openvino.Core(), _openvino_config(threads)
+    core, config = openvino.Core(), _openvino_config(threads, precision)
     export_key = ExportKey(backbone.weights_id, image_size, OPSETS["openvino"])
     made_from = {"artifact": "openvino-compiled", "export": export_key.made_from(),
                  "openvino": runtime_version("openvino"), "cpu": _cpu_identity(core), "threads": threads,
-                 "compiler": COMPILER_VERSION}
+                 "precision": precision, "compiler": COMPILER_VERSION}
     path = folder / f"openvino-{artifact_key(made_from)}.blob"
     cached = read_verified(path, made_from)
     if cached is not None:
@@ -274,62 +285,178 @@ def probe_parity(name: str, session: Encoder, torch_encoder: Encoder, image_size
 
 # ------------------------------------------------------------------------------------ the choice
 
-LOADERS: dict[str, Callable[[Backbone, int, Path, int], tuple[Encoder, str]]] = {
+LOADERS: dict[str, Callable[[Backbone, int, Path, int, str], tuple[Encoder, str]]] = {
     "onnxruntime": onnxruntime_encoder, "openvino": openvino_encoder,
 }
+PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclass(frozen=True)
 class ChosenEncoder:
-    """The runtime an engine encodes with."""
+    """The runtime an engine encodes with (``report``: how ``auto`` measured it)."""
 
     name: str
     version: str
     encode: Encoder
+    precision: str = "fp32"
+    report: ChoiceReport | None = None
 
     @property
     def basis_tag(self) -> str:
         """Distinguishes the positional basis this runtime's features need."""
-        return f"{self.name}-{self.version}"
+        tag = f"{self.name}-{self.version}"
+        return tag if self.precision == "fp32" else f"{tag}-{self.precision}"
+
+    def summary(self) -> dict[str, object]:
+        """The runtime and, when ``auto`` measured it, every candidate's figures (``/readyz``)."""
+        if self.report is not None:
+            return {**self.report.summary(), "chosen_by": "measurement"}
+        return {"runtime": self.name, "precision": self.precision, "chosen_by": "setting"}
 
 
-def candidates(runtime: str, device: torch.device, dtype: torch.dtype) -> list[str]:
-    """The exported runtimes to try in order before torch; an explicit impossible choice is an error."""
+def candidates(runtime: str, device: torch.device, dtype: torch.dtype) -> list[Variant]:
+    """What ``runtime`` may run at ``dtype``: ``auto`` on the CPU, every installed runtime at that precision
+    (fp32 also measures OpenVINO bf16 where the CPU has native bf16, to report it); an explicit impossible
+    choice is an error."""
     if runtime not in RUNTIME_CHOICES:
         raise ConfigurationError(f"unknown runtime {runtime!r}; choose {', '.join(RUNTIME_CHOICES)}")
-    if runtime == "torch":
-        return []
-    exportable = device.type == "cpu" and dtype == torch.float32
+    precision = PRECISION_NAMES[dtype]
+    if runtime == "torch" or (runtime == "auto" and device.type != "cpu"):
+        return [Variant("torch", precision)]
+    if device.type != "cpu":
+        raise ConfigurationError(f"runtime {runtime!r} runs on the CPU; use --runtime torch for device {device}")
     if runtime == "auto":
-        return [name for name in AUTO_ORDER if exportable and runtime_version(name)]
-    if not exportable:
-        raise ConfigurationError(
-            f"runtime {runtime!r} runs fp32 on the CPU; use --runtime torch "
-            f"for device {device}, precision {str(dtype).removeprefix('torch.')}"
-        )
+        variants = [Variant(name, precision) for name in RUNTIMES
+                    if precision in PRECISIONS[name] and runtime_version(name)]
+        if precision == "fp32" and runtime_version("openvino") and not missing_bf16():
+            variants.append(Variant("openvino", "bf16"))  # reported, never picked in fp32
+        return variants
+    if precision not in PRECISIONS[runtime]:
+        raise ConfigurationError(f"runtime {runtime!r} runs {' or '.join(PRECISIONS[runtime])} on the CPU; "
+                                 f"use --runtime torch for precision {precision}")
     if runtime_version(runtime) is None:
         raise ConfigurationError(f"runtime {runtime!r} is not installed: pip install '{PACKAGES[runtime]}'")
-    return [runtime]
+    return [Variant(runtime, precision)]
+
+
+def missing_bf16() -> str | None:
+    """Why this CPU has no native bf16 (``runtime_choice.missing_native_bf16``); None when it has."""
+    return runtime_choice.missing_native_bf16(runtime_choice.cpu_flags())
 
 
 def choose_encoder(runtime: str, backbone: Backbone, torch_encoder: Encoder, device: torch.device,
                    dtype: torch.dtype, image_size: int, cache_dir: Path | None) -> ChosenEncoder:
-    """The encoder of ``runtime`` (``auto``: the first candidate that exports and passes its probe, else torch)."""
-    threads = torch.get_num_threads()
+    """The encoder of ``runtime``: an explicit one (fp32 ones pass the parity probe), or ``auto``'s measured
+    choice among its candidates; exported in ``cache_dir`` (or a folder removed once loaded)."""
+    variants = candidates(runtime, device, dtype)
+    if device.type == "cpu" and dtype == torch.bfloat16 and (problem := missing_bf16()):
+        log.warning("--precision bf16: %s", problem)
     cache_dir = cache_dir if writable(cache_dir) else None
-    for name in candidates(runtime, device, dtype):
-        try:
-            with contextlib.ExitStack() as stack:  # no cache: export to a folder removed once loaded
-                folder = cache_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
-                session, sha256 = LOADERS[name](backbone, image_size, folder, threads)
-            max_abs = probe_parity(name, session, torch_encoder, image_size, sha256, cache_dir)
+    if runtime == "auto" and len(variants) > 1:
+        chosen = _measured_choice(variants, backbone, torch_encoder, image_size, cache_dir)
+    else:
+        chosen = _explicit(variants[0], backbone, torch_encoder, image_size, cache_dir)
+    metrics.record_encoder_runtime(chosen.summary())
+    return chosen
+
+
+def _open(variant: Variant, backbone: Backbone, image_size: int, cache_dir: Path | None) -> tuple[Encoder, str]:
+    """An exported runtime's encoder at its precision and the sha256 of the artifact it runs."""
+    with contextlib.ExitStack() as stack:  # no cache: export to a folder removed once loaded
+        folder = cache_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        return LOADERS[variant.runtime](backbone, image_size, folder, torch.get_num_threads(), variant.precision)
+
+
+def _explicit(variant: Variant, backbone: Backbone, torch_encoder: Encoder, image_size: int,
+              cache_dir: Path | None) -> ChosenEncoder:
+    """The one runtime asked for; in fp32 it must pass the parity probe, else it is a clear error."""
+    if variant.runtime == "torch":
+        return ChosenEncoder("torch", torch.__version__, torch_encoder, variant.precision)
+    try:
+        session, sha256 = _open(variant, backbone, image_size, cache_dir)
+        if variant.precision == "fp32":
+            max_abs = probe_parity(variant.runtime, session, torch_encoder, image_size, sha256, cache_dir)
             if max_abs > PROBE_TOLERANCE:
-                raise ConfigurationError(f"runtime {name!r} differs from torch by {max_abs:.3g} > {PROBE_TOLERANCE:g}")
-            return ChosenEncoder(name, runtime_version(name) or "", session)
+                raise ConfigurationError(f"differs from torch by {max_abs:.3g} > {PROBE_TOLERANCE:g}")
+        return ChosenEncoder(variant.runtime, runtime_version(variant.runtime) or "", session, variant.precision)
+    except WeightsError:
+        raise  # the weights themselves are unusable: no runtime can help
+    except Exception as exc:
+        raise ConfigurationError(f"runtime {variant.runtime!r} unavailable: {exc}") from None
+
+
+def _measured_choice(variants: list[Variant], backbone: Backbone, torch_encoder: Encoder, image_size: int,
+                     cache_dir: Path | None) -> ChosenEncoder:
+    """``auto``: the cached choice for this CPU, model, size, precision and libraries, else measured now."""
+    precision = variants[0].precision
+    made_from = runtime_choice.choice_made_from(backbone.weights_id, image_size, precision, torch.get_num_threads(),
+                                                {name: runtime_version(name) for name in RUNTIMES},
+                                                runtime_choice.cpu_flags())
+    report = runtime_choice.load_report(cache_dir, made_from)
+    chosen = _reuse(report, backbone, torch_encoder, image_size, cache_dir) if report else None
+    if chosen is None:
+        chosen = _measure(variants, backbone, torch_encoder, image_size, cache_dir)
+    assert chosen.report is not None
+    if not chosen.report.reused:
+        runtime_choice.save_report(cache_dir, made_from, chosen.report)
+    runtime_choice.log_report(chosen.report)
+    return chosen
+
+
+def _reuse(report: ChoiceReport, backbone: Backbone, torch_encoder: Encoder, image_size: int,
+           cache_dir: Path | None) -> ChosenEncoder | None:
+    """The cached choice, loaded; None (measure again) when its artifact is no longer the one measured."""
+    variant = Variant(report.runtime, report.precision)
+    if variant.runtime == "torch":
+        return ChosenEncoder("torch", torch.__version__, torch_encoder, variant.precision, report)
+    measured = report.measured(variant)
+    try:
+        session, sha256 = _open(variant, backbone, image_size, cache_dir)
+    except WeightsError:
+        raise
+    except Exception as exc:
+        log.warning("measuring the encoder runtimes again: %s failed to load: %s", variant.label, exc)
+        return None
+    if measured is None or measured.artifact != sha256:
+        log.warning("measuring the encoder runtimes again: %s was rebuilt since it was measured", variant.label)
+        return None
+    return ChosenEncoder(variant.runtime, runtime_version(variant.runtime) or "", session, variant.precision, report)
+
+
+def _measure(variants: list[Variant], backbone: Backbone, torch_encoder: Encoder, image_size: int,
+             cache_dir: Path | None) -> ChosenEncoder:
+    """Load every candidate, measure them interleaved against torch fp32, and pick."""
+    encoders: dict[Variant, Encoder] = {}
+    artifacts: dict[Variant, str] = {}
+    failures: list[Measurement] = []
+    reference = Variant("torch", "fp32")
+    for variant in variants:
+        try:
+            if variant.runtime == "torch":
+                encoders[variant] = torch_encoder
+            else:
+                encoders[variant], artifacts[variant] = _open(variant, backbone, image_size, cache_dir)
         except WeightsError:
             raise  # the weights themselves are unusable: no runtime can help
-        except Exception as exc:  # auto moves on to the next runtime; an explicit choice reports why
-            if runtime != "auto":
-                raise ConfigurationError(f"runtime {name!r} unavailable: {exc}") from None
-            log.warning("runtime %s skipped: %s", name, exc)
-    return ChosenEncoder("torch", torch.__version__, torch_encoder)
+        except Exception as exc:  # reported, never picked
+            log.warning("runtime %s skipped: %s", variant.label, exc)
+            failures.append(Measurement(variant.runtime, variant.precision, error=str(exc)))
+    if reference not in encoders:  # bf16: the reference is measured too (reported, not eligible)
+        encoders[reference] = functools.partial(_torch_fp32, backbone)
+    measurements = runtime_choice.measure(encoders, reference, image_size, backbone.spec.svd_components, artifacts)
+    measurements += failures
+    precision = variants[0].precision
+    best = runtime_choice.pick(measurements, precision)
+    if best is None:  # bf16 where nothing is close enough: torch at the precision asked for, as before
+        best = next(m for m in measurements if (m.runtime, m.precision) == ("torch", precision))
+    note = runtime_choice.explain(measurements, best, precision, missing_bf16() if precision == "bf16" else None)
+    report = ChoiceReport(best.runtime, best.precision, runtime_choice.cpu_model(), image_size, tuple(measurements),
+                          note)
+    variant = Variant(best.runtime, best.precision)
+    return ChosenEncoder(best.runtime, runtime_version(best.runtime) or "", encoders[variant], best.precision, report)
+
+
+def _torch_fp32(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
+    """Torch fp32 on the CPU: the reference every candidate is compared with."""
+    with torch.inference_mode():
+        return extract_features(backbone.model, images)

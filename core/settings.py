@@ -63,13 +63,14 @@ class EngineOptions(BaseModel):
     merge_threshold: float = Field(DEFAULT_MERGE_THRESHOLD, ge=0, le=1, description="cluster aggregation threshold")
     crf: bool = Field(False, description="refine mask boundaries with a dense CRF (extra 'crf')")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    precision: Precision = Field("auto", description="encoder precision (auto: bf16 on CUDA, fp32 on the CPU)")
+    precision: Precision = Field("auto", description="encoder precision (auto: bf16 on CUDA, fp32 on the CPU; "
+                                                     "bf16 on the CPU is approximate, fast with AVX512-BF16 or AMX)")
     basis_cache_dir: Path | None = Field(DEFAULT_BASIS_CACHE, description="positional-basis and exported-encoder "
                                                                           "cache (unset: none)")
     cache_bytes: int = Field(DEFAULT_CACHE_BYTES, ge=0, description="in-process LRU of reference features, bytes")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decoded pixels per image (413 beyond)")
-    runtime: Runtime = Field("auto", description="encoder runtime (auto: the fastest parity-checked one on "
-                                                 "the CPU, torch on CUDA)")
+    runtime: Runtime = Field("auto", description="encoder runtime (auto: measured once per CPU, model and size, "
+                                                 "the fastest exact one on the CPU; torch on CUDA)")
     encoder_batch_size: int | None = Field(None, ge=1, description="images per encoder call; unset: 8 on CUDA, "
                                                                    "1 on the CPU (measured faster there)")
     resize_to_original: bool = Field(True, description="masks at the target's size (else image_size square)",

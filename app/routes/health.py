@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from app.dependencies import BackendDep, SettingsDep, default_timeout
 from app.errors import error_response, error_responses
 from app.schemas import Readiness
+from core import metrics
 from core.startup import PROGRESS
 
 router = APIRouter(tags=["health"])
@@ -40,4 +41,5 @@ async def readyz(backend: BackendDep, settings: SettingsDep) -> Readiness | JSON
     served = await backend.served_models()
     models = None if served is None else sorted(served)
     return Readiness(ready=True, mode="redis" if settings.redis_url else "embedded", models=models,
-                     advice=PROGRESS.advice, request_timeout_s=default_timeout(settings))
+                     advice=PROGRESS.advice, request_timeout_s=default_timeout(settings),
+                     encoder=None if settings.redis_url else metrics.encoder_runtime())

@@ -22,8 +22,15 @@ def value(samples: dict[str, float], name: str, **labels: str) -> float:
 
 def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"ready": True, "reason": None, "mode": "embedded", "models": None,
-                                            "advice": None, "request_timeout_s": 60.0}  # no warm-up in-process
+    readiness = client.get("/readyz").json()
+    encoder = readiness.pop("encoder")
+    assert readiness == {"ready": True, "reason": None, "mode": "embedded", "models": None,
+                         "advice": None, "request_timeout_s": 60.0}  # no warm-up in-process
+    assert encoder["runtime"] in ("torch", "onnxruntime", "openvino") and encoder["precision"] == "fp32"
+    if encoder["chosen_by"] == "measurement":  # auto: every candidate's figures, the one in use exact
+        (chosen,) = [m for m in encoder["measurements"]
+                     if (m["runtime"], m["precision"]) == (encoder["runtime"], encoder["precision"])]
+        assert chosen["exact"] and chosen["identical"] == chosen["scenes"] > 0
 
 
 def test_metrics_move_after_traffic(client):
@@ -46,6 +53,7 @@ def test_metrics_move_after_traffic(client):
     assert grew("insid3_reference_cache_hits_total", 2)
     assert value(after, "insid3_reference_cache_bytes") > 0
     assert "insid3_queue_depth" in after
+    assert value(after, "insid3_encoder_runtime_info") == 1
     assert value(after, "insid3_http_requests_in_flight") >= 1  # the scrape itself
 
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import runtimes
+from core import runtime_choice, runtimes
 from core.artifacts import read_verified, store
 from core.engine import Insid3
 from core.errors import ConfigurationError, CorruptWeightsError
+from core.runtime_choice import Variant
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -121,10 +122,13 @@ def test_a_corrupt_or_stale_export_or_compiled_model_is_rebuilt(engines: dict[st
 
 
 def test_auto_never_picks_a_missing_or_failing_runtime(engines: dict[str, Insid3], tiny_checkpoint: Path,
-                                                       cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert build(tiny_checkpoint, cache, "auto").runtime.name == runtimes.AUTO_ORDER[0]
-    monkeypatch.setattr(runtimes, "PROBE_TOLERANCE", -1.0)  # every runtime now "fails" its parity probe
-    assert build(tiny_checkpoint, cache, "auto").runtime.name == "torch"
+                                                       cache: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    report = build(tiny_checkpoint, cache, "auto").runtime.report
+    assert report is not None and {m.label for m in report.measurements} >= set(runtimes.RUNTIMES)
+    monkeypatch.setattr(runtime_choice, "EXACT_TOLERANCE", -1.0)  # every runtime now "fails" its parity probe
+    monkeypatch.setattr(runtimes, "PROBE_TOLERANCE", -1.0)
+    assert build(tiny_checkpoint, tmp_path / "strict", "auto").runtime.name == "torch"
     with pytest.raises(ConfigurationError, match="differs from torch"):
         build(tiny_checkpoint, cache, "openvino")
     monkeypatch.setattr(runtimes, "runtime_version", lambda name: torch.__version__ if name == "torch" else None)
@@ -141,12 +145,16 @@ def test_unusable_weights_are_their_own_error_under_every_runtime(tmp_path: Path
             build(corrupt, tmp_path / "cache", name)
 
 
-def test_exported_runtimes_are_cpu_fp32_only() -> None:
-    cpu = torch.device("cpu")
-    with pytest.raises(ConfigurationError, match="fp32 on the CPU"):
-        runtimes.candidates("openvino", cpu, torch.bfloat16)
-    assert runtimes.candidates("auto", cpu, torch.bfloat16) == []
-    assert runtimes.candidates("auto", torch.device("cuda"), torch.bfloat16) == []
+def test_exported_runtimes_run_on_the_cpu_at_the_precisions_they_have() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with pytest.raises(ConfigurationError, match="runs fp32 on the CPU"):
+        runtimes.candidates("onnxruntime", cpu, torch.bfloat16)
+    with pytest.raises(ConfigurationError, match="runs on the CPU"):
+        runtimes.candidates("openvino", cuda, torch.float32)
+    assert runtimes.candidates("openvino", cpu, torch.bfloat16) == [Variant("openvino", "bf16")]
+    assert runtimes.candidates("auto", cuda, torch.bfloat16) == [Variant("torch", "bf16")]
+    assert runtimes.candidates("auto", cpu, torch.float16) == [Variant("torch", "fp16")]
+    assert runtimes.candidates("auto", cpu, torch.bfloat16) == [Variant("torch", "bf16"), Variant("openvino", "bf16")]
     with pytest.raises(ConfigurationError, match="unknown runtime"):
         runtimes.candidates("tensorrt", cpu, torch.float32)
 
