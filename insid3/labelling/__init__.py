@@ -2,7 +2,7 @@
 
 One module per job: ``sources`` (the images and the examples), ``journal`` (exactly once, resumable),
 ``runner`` (the job, in-process labelling), ``remote`` (labelling through a service), ``writers``
-(the output formats), ``brush`` (Label Studio's brush RLE), ``tune`` and ``commands``.
+(the output formats), ``tune`` and ``commands``.
 """
 
 FORMATS = ("coco", "yolo", "png", "labelstudio")  # the output formats (``writers.WRITERS``)

@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from app.labelstudio.brush import mask_to_rle
 from app.masks import mask_polygons
 from core.artifacts import make_atomic, write_atomic
-from insid3.labelling import brush
 from insid3.labelling.journal import records
 
 LS_FROM_NAME, LS_TO_NAME = "tag", "image"
@@ -147,7 +147,7 @@ def labelstudio_task(record: dict[str, Any], categories: list[str], image_url: s
     results = [{
         "id": f"{index}", "type": "brushlabels", "from_name": LS_FROM_NAME, "to_name": LS_TO_NAME,
         "original_width": record["width"], "original_height": record["height"], "image_rotation": 0,
-        "value": {"format": "rle", "rle": [int(v) for v in brush.encode_mask(decode(item))],
+        "value": {"format": "rle", "rle": [int(v) for v in mask_to_rle(decode(item))],
                   "brushlabels": [categories[item["category_id"] - 1]]},
     } for index, item in enumerate(record["annotations"], start=1)]
     scores = [item["score"] for item in record["annotations"]]

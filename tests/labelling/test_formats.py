@@ -13,8 +13,9 @@ import yaml
 from PIL import Image, ImageDraw
 from pycocotools.coco import COCO
 
+from app.labelstudio.brush import mask_to_rle, rle_to_mask
 from insid3.cli import main as insid3
-from insid3.labelling import FORMATS, brush
+from insid3.labelling import FORMATS
 from insid3.labelling.writers import WRITERS, decode, label_image
 from tests.labelling.conftest import engine_args, journal_records, make_folder
 
@@ -135,16 +136,16 @@ def test_label_studio_tasks_carry_brush_rle_predictions(labelled, tmp_path) -> N
             value = result["value"]
             assert value["format"] == "rle"
             assert value["brushlabels"] == [["red", "blue"][annotation["category_id"] - 1]]
-            shown = brush.decode_mask(value["rle"], record["height"], record["width"])
+            shown = rle_to_mask(value["rle"], record["width"], record["height"])
             assert np.array_equal(shown, decode(annotation))
 
 
 def test_brush_rle_is_what_label_studio_converter_writes() -> None:
-    assert brush.encode_mask(SMALL_MASK) == SMALL_RLE
+    assert mask_to_rle(SMALL_MASK) == SMALL_RLE
     large = np.zeros((300, 300), dtype=bool)
     large[100:] = True
-    assert brush.encode_mask(large) == LARGE_RLE
-    assert np.array_equal(brush.decode_mask(LARGE_RLE, 300, 300), large)
+    assert mask_to_rle(large) == LARGE_RLE
+    assert np.array_equal(rle_to_mask(LARGE_RLE, 300, 300), large)
     rng = np.random.default_rng(0)
     for mask in (rng.random((37, 53)) < 0.5, np.zeros((8, 9), bool), np.ones((400, 300), bool)):
-        assert np.array_equal(brush.decode_mask(brush.encode_mask(mask), *mask.shape), mask)
+        assert np.array_equal(rle_to_mask(mask_to_rle(mask), mask.shape[1], mask.shape[0]), mask)
