@@ -20,13 +20,16 @@ from workers.keys import DEFAULT_KEYS, GROUP
 
 IMAGES = 30
 WORKER_OPTIONS = ("--max-batch", "4", "--max-wait-ms", "200")  # a worker visibly holds the jobs of a batch
+# The same encoder runtime in both runs: `auto` measures, and may pick differently per process.
+RUNTIME = ("--runtime", "openvino")
 
 
 @pytest.fixture
 def pool(redis_server, tiny_checkpoint: Path, tmp_path: Path):
     launcher = Launcher(database_url(redis_server.url), tiny_checkpoint, tmp_path)
     try:
-        workers = {name: launcher.worker(name, free_port(), *WORKER_OPTIONS, wait=False) for name in ("w1", "w2")}
+        workers = {name: launcher.worker(name, free_port(), *WORKER_OPTIONS, *RUNTIME, wait=False)
+                   for name in ("w1", "w2")}
         port = free_port()
         api = launcher.api(port, wait=False)
         for name, process in workers.items():
@@ -71,5 +74,5 @@ def test_a_worker_killed_mid_run_costs_nothing(pool, tiny_checkpoint, examples, 
 
     local = tmp_path / "local.json"
     assert insid3(["label", *references, "--images", str(folder), "--out", str(local),
-                   *engine_args(tiny_checkpoint)]) == 0
+                   *engine_args(tiny_checkpoint), *RUNTIME]) == 0
     assert _records(tmp_path / "served.json.journal.jsonl") == _records(tmp_path / "local.json.journal.jsonl")
